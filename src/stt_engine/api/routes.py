@@ -1,0 +1,215 @@
+"""Routes: the original contract (`/transcribe`, `/health`) and the OpenAI audio API (`/v1/...`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from stt_engine.api.transcription import build_options, transcribe_upload
+from stt_engine.errors import InvalidRequest
+from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render
+from stt_engine.metrics import CONTENT_TYPE
+
+router = APIRouter()
+
+FileField = Annotated[UploadFile | None, File(description="Audio or video file (wav, flac, mp3, m4a, ogg, webm, mp4 …)")]
+
+
+# --- health -------------------------------------------------------------------------------------------
+def _model_info(request: Request) -> dict[str, Any]:
+    engine = request.app.state.engine
+    if engine is None:
+        return {}
+    return {
+        "model": engine.resolved.name,
+        "model_path": str(engine.resolved.path),
+        "model_source": engine.resolved.source,
+        "device": engine.device,
+        "compute_type": engine.compute_type,
+        "workers": engine.workers,
+        "threads_per_worker": engine.threads,
+    }
+
+
+@router.get("/health", tags=["health"], summary="Liveness and model status (503 while the model loads)")
+async def health(request: Request) -> JSONResponse:
+    state = request.app.state
+    body: dict[str, Any] = {"status": "ok" if state.engine is not None else state.load_status, **_model_info(request)}
+    if state.load_error:
+        body["error"] = state.load_error
+    scheduler = state.scheduler
+    if scheduler is not None:
+        stats = scheduler.stats
+        body["queue"] = {
+            "requests": scheduler.queued_requests,
+            "audio_seconds": round(scheduler.queued_seconds, 1),
+            "completed": stats.completed,
+            "rejected": stats.rejected,
+            "cancelled": stats.cancelled,
+            "batches": stats.batches,
+            "batched_chunks": stats.batched_chunks,
+            "largest_batch": stats.largest_batch,
+        }
+    postprocessor = getattr(state, "postprocessor", None)
+    if postprocessor is not None and postprocessor.enabled:
+        body["llm"] = await postprocessor.health()
+    return JSONResponse(body, status_code=200 if state.engine is not None else 503)
+
+
+@router.get("/health/ready", tags=["health"], summary="Ready: model loaded and warmed up with a real decode")
+async def ready(request: Request) -> JSONResponse:
+    state = request.app.state
+    ok = state.engine is not None and state.warmed_up
+    return JSONResponse({"ready": ok, "status": state.load_status, **_model_info(request)}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics", tags=["health"], summary="Prometheus metrics (text exposition format)")
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+# --- original contract ----------------------------------------------------------------------------------
+@router.post("/transcribe", tags=["original"], summary="Transcribe a file (original contract)")
+async def transcribe(
+    request: Request,
+    file: FileField = None,
+    language: Annotated[str | None, Form(description="ISO-639-1 code, e.g. ko; detected when absent")] = None,
+    prompt: Annotated[str | None, Form()] = None,
+    hotwords: Annotated[str | None, Form()] = None,
+    task: Annotated[str, Form(pattern="^(transcribe|translate)$")] = "transcribe",
+    word_timestamps: Annotated[bool, Form()] = False,
+    postprocess: Annotated[str | None, Form(description="correct | summarize | minutes | custom")] = None,
+    postprocess_prompt: Annotated[str | None, Form(description="Instruction for postprocess=custom")] = None,
+) -> JSONResponse:
+    settings = request.app.state.settings
+    options = build_options(
+        settings, language=language, task=task, prompt=prompt, hotwords=hotwords, word_timestamps=word_timestamps
+    )
+    result = await transcribe_upload(
+        request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt
+    )
+    t = result.transcript
+    body: dict[str, Any] = {
+        "success": True,
+        "text": t.text,
+        "language": t.language,
+        "language_probability": round(t.language_probability, 4),
+        "duration": round(t.duration, 3),
+        "processing_time": round(result.processing_seconds, 3),
+        "segments": [
+            {"start": float(s.start), "end": float(s.end), "text": s.text}
+            | ({"words": [{"word": w.word.strip(), "start": float(w.start), "end": float(w.end)} for w in s.words]}
+               if s.words else {})
+            for s in t.segments
+        ],
+    }
+    if result.postprocess is not None:
+        body["postprocess"] = result.postprocess
+    return JSONResponse(body)
+
+
+# --- OpenAI audio API -----------------------------------------------------------------------------------
+def _parse_format(value: str | None) -> ResponseFormat:
+    try:
+        return ResponseFormat((value or "json").strip().lower())
+    except ValueError:
+        allowed = ", ".join(f.value for f in ResponseFormat)
+        raise InvalidRequest(
+            f"Unsupported response_format '{value}'. Use one of: {allowed}.",
+            param="response_format", code="invalid_response_format",
+        ) from None
+
+
+async def _openai_audio(
+    request: Request,
+    task: str,
+    file: UploadFile | None,
+    language: str | None,
+    prompt: str | None,
+    response_format: str | None,
+    temperature: float | None,
+    granularities: list[str] | None,
+    hotwords: str | None,
+    postprocess: str | None,
+    postprocess_prompt: str | None,
+) -> Response:
+    fmt = _parse_format(response_format)
+    granularities = [g for item in (granularities or []) for g in item.split(",") if g.strip()]
+    unknown = sorted(set(g.strip() for g in granularities) - {"segment", "word"})
+    if unknown:
+        raise InvalidRequest(
+            f"Unsupported timestamp_granularities {unknown}; use 'segment' and/or 'word'.",
+            param="timestamp_granularities", code="invalid_timestamp_granularities",
+        )
+    words = "word" in {g.strip() for g in granularities}
+    options = build_options(
+        request.app.state.settings, language=language, task=task, prompt=prompt, temperature=temperature,
+        word_timestamps=words, hotwords=hotwords,
+    )
+    result = await transcribe_upload(
+        request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt
+    )
+    body = render(result.transcript, fmt, include_words=words)
+    if isinstance(body, dict):
+        if fmt is ResponseFormat.verbose_json or result.postprocess is not None:
+            body.setdefault("language", result.transcript.language)
+        if result.postprocess is not None:
+            body["postprocess"] = result.postprocess
+        return JSONResponse(body)
+    return PlainTextResponse(body, media_type=MEDIA_TYPES[fmt])
+
+
+_FORMAT_HELP = "json | text | srt | verbose_json | vtt"
+
+
+@router.post("/v1/audio/transcriptions", tags=["openai"], summary="OpenAI-compatible transcription")
+async def openai_transcriptions(
+    request: Request,
+    file: FileField = None,
+    model: Annotated[str | None, Form(description="Any value; the loaded model answers")] = None,
+    language: Annotated[str | None, Form()] = None,
+    prompt: Annotated[str | None, Form()] = None,
+    response_format: Annotated[str | None, Form(description=_FORMAT_HELP)] = None,
+    temperature: Annotated[float | None, Form()] = None,
+    timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
+    hotwords: Annotated[str | None, Form()] = None,
+    postprocess: Annotated[str | None, Form()] = None,
+    postprocess_prompt: Annotated[str | None, Form()] = None,
+) -> Response:
+    return await _openai_audio(
+        request, "transcribe", file, language, prompt, response_format, temperature, timestamp_granularities,
+        hotwords, postprocess, postprocess_prompt,
+    )
+
+
+@router.post("/v1/audio/translations", tags=["openai"], summary="OpenAI-compatible translation to English")
+async def openai_translations(
+    request: Request,
+    file: FileField = None,
+    model: Annotated[str | None, Form()] = None,
+    prompt: Annotated[str | None, Form()] = None,
+    response_format: Annotated[str | None, Form(description=_FORMAT_HELP)] = None,
+    temperature: Annotated[float | None, Form()] = None,
+) -> Response:
+    return await _openai_audio(
+        request, "translate", file, None, prompt, response_format, temperature, None, None, None, None
+    )
+
+
+@router.get("/v1/models", tags=["openai"], summary="The served model")
+async def openai_models(request: Request) -> JSONResponse:
+    engine = request.app.state.engine
+    created = int(request.app.state.started_at)
+    names = ["whisper-1"]
+    if engine is not None:
+        names.insert(0, engine.resolved.name)
+    data = [{"id": n, "object": "model", "created": created, "owned_by": "stt-engine"} for n in names]
+    return JSONResponse({"object": "list", "data": data})
+
+
+@router.get("/", include_in_schema=False)
+async def root() -> JSONResponse:
+    return JSONResponse({"service": "stt-engine", "docs": "/docs", "health": "/health", "time": time.time()})

@@ -1,0 +1,80 @@
+"""Optional API keys (Bearer tokens, as the OpenAI SDK sends them) and CORS.
+
+Both are off by default: no `API_KEYS` means an open server (for a trusted network), no `CORS_ORIGINS` means
+browsers on other origins are refused by their own same-origin policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+
+from fastapi import FastAPI
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from stt_engine.api.errors import send_error
+from stt_engine.config import Settings
+from stt_engine.errors import Unauthorized
+
+
+def _digest(value: str) -> bytes:
+    """Hash before comparing, so the comparison time reveals neither the key nor its length."""
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
+class ApiKeyMiddleware:
+    """401 in the route's error shape unless `Authorization: Bearer <key>` names one of `API_KEYS`.
+
+    Paths in `AUTH_OPEN_PATHS` (health, metrics) stay open for probes and scrapers. Every configured key is
+    compared, in constant time, whatever the outcome; keys and headers are never logged.
+    """
+
+    def __init__(self, app: ASGIApp, *, keys: Iterable[str], open_paths: Iterable[str]) -> None:
+        self.app = app
+        self._digests = [_digest(k) for k in keys if k]
+        self._open = {self._normalise(p) for p in open_paths}
+
+    @staticmethod
+    def _normalise(path: str) -> str:
+        return path.rstrip("/") or "/"
+
+    def _authorised(self, header: str | None) -> bool:
+        scheme, _, token = (header or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return False
+        presented = _digest(token)
+        ok = False
+        for digest in self._digests:  # no early exit: time does not depend on which key matched
+            ok |= hmac.compare_digest(presented, digest)
+        return ok
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._digests or self._normalise(scope.get("path", "")) in self._open:
+            await self.app(scope, receive, send)
+            return
+        header = Headers(scope=scope).get("authorization")
+        if self._authorised(header):
+            await self.app(scope, receive, send)
+            return
+        message = (
+            "Invalid API key." if header else "Missing API key: send it as the header 'Authorization: Bearer <key>'."
+        )
+        await send_error(scope, send, Unauthorized(message), {"WWW-Authenticate": "Bearer"})
+
+
+def install_security(app: FastAPI, settings: Settings) -> None:
+    """API keys inside, CORS outside it: a browser's preflight (no credentials) must be answered, not refused."""
+    if settings.api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, open_paths=settings.auth_open_paths)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )

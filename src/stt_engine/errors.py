@@ -1,0 +1,96 @@
+"""Errors that carry their own HTTP status and machine-readable code.
+
+Every layer (audio, engine, scheduler, postprocess, api) raises `STTError` subclasses; the API turns them
+into the original contract's shape (`{"success": false, "error": {...}}`) or OpenAI's
+(`{"error": {"message", "type", "param", "code"}}`) depending on the route.
+"""
+
+from __future__ import annotations
+
+
+class STTError(Exception):
+    """Base error: `status` is the HTTP status, `code` a stable identifier clients can switch on."""
+
+    status: int = 500
+    code: str = "internal_error"
+    error_type: str = "server_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.param = param
+        self.headers = headers or {}
+
+
+class InvalidRequest(STTError):
+    """The request itself is wrong (missing field, bad option)."""
+
+    status = 400
+    code = "invalid_request"
+    error_type = "invalid_request_error"
+
+
+class InvalidAudio(STTError):
+    """The upload is not audio we can decode, or is unusable (empty, too short, no audio track)."""
+
+    status = 400
+    code = "invalid_audio"
+    error_type = "invalid_request_error"
+
+
+class PayloadTooLarge(STTError):
+    status = 413
+    code = "file_too_large"
+    error_type = "invalid_request_error"
+
+
+class AudioTooLong(STTError):
+    status = 422
+    code = "audio_too_long"
+    error_type = "invalid_request_error"
+
+
+class Unauthorized(STTError):
+    status = 401
+    code = "invalid_api_key"
+    error_type = "authentication_error"
+
+
+class Overloaded(STTError):
+    """The queue is full: the client should retry after `Retry-After` seconds."""
+
+    status = 429
+    code = "queue_full"
+    error_type = "rate_limit_error"
+
+
+class RequestTimeout(STTError):
+    status = 504
+    code = "timeout"
+    error_type = "server_error"
+
+
+class NotReady(STTError):
+    status = 503
+    code = "model_not_ready"
+    error_type = "server_error"
+
+
+class ModelNotFound(STTError):
+    """No usable model: raised at start-up with instructions on how to get one."""
+
+    status = 503
+    code = "model_not_found"
+    error_type = "server_error"

@@ -1,0 +1,92 @@
+"""Render a `Transcript` as OpenAI's response formats: json, text, srt, vtt, verbose_json."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from stt_engine.engine import Transcript
+
+
+class ResponseFormat(str, Enum):
+    json = "json"
+    text = "text"
+    srt = "srt"
+    vtt = "vtt"
+    verbose_json = "verbose_json"
+
+
+MEDIA_TYPES: dict[ResponseFormat, str] = {
+    ResponseFormat.json: "application/json",
+    ResponseFormat.verbose_json: "application/json",
+    ResponseFormat.text: "text/plain; charset=utf-8",
+    ResponseFormat.srt: "application/x-subrip; charset=utf-8",
+    ResponseFormat.vtt: "text/vtt; charset=utf-8",
+}
+
+
+def timestamp(seconds: float, separator: str) -> str:
+    """`HH:MM:SS,mmm` (srt) or `HH:MM:SS.mmm` (vtt)."""
+    millis = max(0, round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def to_srt(transcript: Transcript) -> str:
+    blocks = [
+        f"{i}\n{timestamp(s.start, ',')} --> {timestamp(s.end, ',')}\n{s.text}\n"
+        for i, s in enumerate(transcript.segments, start=1)
+    ]
+    return "\n".join(blocks)
+
+
+def to_vtt(transcript: Transcript) -> str:
+    blocks = [f"{timestamp(s.start, '.')} --> {timestamp(s.end, '.')}\n{s.text}\n" for s in transcript.segments]
+    return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def to_verbose_json(transcript: Transcript, include_words: bool) -> dict[str, Any]:
+    """OpenAI's verbose_json: language, duration, segments with their confidence figures, optional words."""
+    body: dict[str, Any] = {
+        "task": transcript.task,
+        "language": transcript.language,
+        "duration": round(transcript.duration, 3),
+        "text": transcript.text,
+        "segments": [
+            {
+                "id": s.id,
+                "seek": s.seek,
+                "start": float(s.start),
+                "end": float(s.end),
+                "text": s.text,
+                "tokens": list(s.tokens),
+                "temperature": float(s.temperature or 0.0),
+                "avg_logprob": float(s.avg_logprob),
+                "compression_ratio": float(s.compression_ratio),
+                "no_speech_prob": float(s.no_speech_prob),
+            }
+            for s in transcript.segments
+        ],
+    }
+    if include_words:
+        body["words"] = [
+            {"word": w.word.strip(), "start": float(w.start), "end": float(w.end), "probability": float(w.probability)}
+            for s in transcript.segments
+            for w in (s.words or [])
+        ]
+    return body
+
+
+def render(transcript: Transcript, fmt: ResponseFormat, include_words: bool = False) -> str | dict[str, Any]:
+    """The response body: a dict for the JSON formats, a string for the others."""
+    if fmt is ResponseFormat.json:
+        return {"text": transcript.text}
+    if fmt is ResponseFormat.verbose_json:
+        return to_verbose_json(transcript, include_words)
+    if fmt is ResponseFormat.srt:
+        return to_srt(transcript)
+    if fmt is ResponseFormat.vtt:
+        return to_vtt(transcript)
+    return transcript.text + "\n" if transcript.text else ""

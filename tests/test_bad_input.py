@@ -1,0 +1,76 @@
+"""Bad input gets a clear 4xx in the route's error shape, and the server answers the next good request."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import SHARED_AUDIO, post_audio
+
+JFK = SHARED_AUDIO / "en" / "jfk.flac"
+
+
+def _post(server: str, route: str, files: dict | None, data: dict | None = None) -> httpx.Response:
+    return httpx.post(server + route, files=files, data=data or {}, timeout=120)
+
+
+def _assert_next_good_request_works(server: str) -> None:
+    body = post_audio(server, "/transcribe", SHARED_AUDIO / "en" / "speech_recognition_english_123.wav").json()
+    assert body["success"] is True and body["text"]
+
+
+def _truncated_flac(tmp: Path) -> Path:
+    data = JFK.read_bytes()
+    out = tmp / "cut.flac"
+    out.write_bytes(data[: len(data) // 3])
+    return out
+
+
+CASES = {
+    "empty upload": (lambda tmp: ("empty.wav", b""), "empty", 400),
+    "text named .wav": (lambda tmp: ("speech.wav", b"hello, this is not audio at all\n" * 20), "not a supported audio", 400),
+    "truncated flac": (lambda tmp: ("cut.flac", _truncated_flac(tmp).read_bytes()), "truncated", 400),
+}
+
+
+@pytest.mark.parametrize("route", ["/transcribe", "/v1/audio/transcriptions"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_files(server: str, tmp_path: Path, route: str, case: str) -> None:
+    make, phrase, status = CASES[case]
+    name, content = make(tmp_path)
+    response = _post(server, route, {"file": (name, io.BytesIO(content))})
+    assert response.status_code == status, response.text
+    body = response.json()
+    if route == "/transcribe":
+        assert body["success"] is False and phrase in body["error"]["message"].lower()
+    else:
+        assert phrase in body["error"]["message"].lower() and body["error"]["type"] == "invalid_request_error"
+    _assert_next_good_request_works(server)
+
+
+@pytest.mark.parametrize("route", ["/transcribe", "/v1/audio/transcriptions"])
+def test_missing_file_field(server: str, route: str) -> None:
+    response = _post(server, route, None, {"language": "en"})
+    assert response.status_code == 400
+    assert "'file' is required" in response.text
+    _assert_next_good_request_works(server)
+
+
+def test_unknown_response_format(server: str) -> None:
+    response = post_audio(server, "/v1/audio/transcriptions", JFK, response_format="docx")
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "response_format"
+    assert "json, text, srt, vtt, verbose_json" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("route", ["/transcribe", "/v1/audio/transcriptions"])
+def test_invalid_language(server: str, route: str) -> None:
+    response = post_audio(server, route, JFK, language="xx")
+    assert response.status_code == 400
+    assert "Unsupported language 'xx'" in response.text
+    _assert_next_good_request_works(server)

@@ -1,0 +1,108 @@
+"""Many clients at once: batching across requests keeps results apart, the queue is bounded, abandoned work is
+dropped, and health stays fast while the model is busy. Speed itself is measured by `stt-engine bench`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.support import SHARED_AUDIO, clip, error_rate, post_audio, running_server
+
+LONG_KO = SHARED_AUDIO / "ko" / "ett_longform_lmy_concat.wav"
+MIXED = [
+    "en/jfk.flac", "ko/ett_lmy02132.wav", "en/picovoice_test_en.wav", "ko/ett_pma00031.wav",
+    "de/picovoice_test_de.wav", "ko/ett_pfi00017.wav", "en/librivox_sense_and_sensibility-0870.wav",
+    "es/picovoice_test_es.wav",
+]
+
+
+@pytest.fixture(scope="module")
+def batching_server() -> Iterator[str]:
+    """Big batches and a long batch wait, so concurrent requests really share `generate` calls."""
+    with running_server({"WHISPER_BATCH_SIZE": "8", "WHISPER_BATCH_WAIT_MS": "200"}) as base:
+        yield base
+
+
+def _stats(base: str) -> dict:
+    return httpx.get(base + "/health").json()["queue"]
+
+
+def test_concurrent_requests_get_their_own_transcripts(batching_server: str) -> None:
+    alone = {f: post_audio(batching_server, "/transcribe", SHARED_AUDIO / f).json()["text"] for f in MIXED[:2]}
+    with ThreadPoolExecutor(max_workers=len(MIXED)) as pool:
+        bodies = list(pool.map(lambda f: post_audio(batching_server, "/transcribe", SHARED_AUDIO / f).json(), MIXED))
+    for file, body in zip(MIXED, bodies):
+        c = clip(file)
+        assert body["success"] is True and body["language"] == c.language, (file, body)
+        assert error_rate(body["text"], c) <= 0.35, (file, body["text"])
+    for file, text in alone.items():
+        assert bodies[MIXED.index(file)]["text"] == text, "batching changed the text"
+    assert _stats(batching_server)["largest_batch"] >= 2, "requests were never batched together"
+
+
+@pytest.fixture(scope="module")
+def tiny_queue_server() -> Iterator[str]:
+    with running_server({"MAX_QUEUED_REQUESTS": "1"}) as base:
+        yield base
+
+
+def test_full_queue_answers_429_with_retry_after(tiny_queue_server: str) -> None:
+    base = tiny_queue_server
+    long_request = threading.Thread(target=post_audio, args=(base, "/transcribe", LONG_KO), kwargs={"language": "ko"})
+    long_request.start()
+    try:
+        deadline = time.monotonic() + 30
+        while _stats(base)["requests"] == 0:  # wait until the long one is admitted
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        started = time.perf_counter()
+        response = post_audio(base, "/v1/audio/transcriptions", SHARED_AUDIO / "en" / "jfk.flac")
+        assert time.perf_counter() - started < 5, "a full queue must answer at once"
+        assert response.status_code == 429
+        assert int(response.headers["Retry-After"]) >= 1
+        assert response.json()["error"]["code"] == "queue_full"
+        legacy = post_audio(base, "/transcribe", SHARED_AUDIO / "en" / "jfk.flac")
+        assert legacy.status_code == 429 and legacy.json()["success"] is False
+    finally:
+        long_request.join()
+    after = post_audio(base, "/transcribe", SHARED_AUDIO / "en" / "jfk.flac")
+    assert after.status_code == 200 and "fellow Americans" in after.json()["text"]
+
+
+def test_disconnected_client_work_is_dropped(server: str) -> None:
+    before = _stats(server)["cancelled"]
+    with pytest.raises(httpx.ReadTimeout):
+        with LONG_KO.open("rb") as handle:
+            httpx.post(server + "/transcribe", files={"file": handle}, data={"language": "ko"}, timeout=3)
+    deadline = time.monotonic() + 20
+    while _stats(server)["cancelled"] == before:
+        assert time.monotonic() < deadline, "the abandoned request was not dropped"
+        time.sleep(0.1)
+    while _stats(server)["requests"]:  # its queued chunks are gone; the running batch finishes
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_health_stays_fast_during_long_transcription(server: str) -> None:
+    worker = threading.Thread(target=post_audio, args=(server, "/transcribe", LONG_KO), kwargs={"language": "ko"})
+    worker.start()
+    timings = []
+    try:
+        with httpx.Client(base_url=server) as client:
+            while _stats(server)["requests"] == 0 and worker.is_alive():
+                time.sleep(0.05)
+            for _ in range(30):
+                started = time.perf_counter()
+                assert client.get("/health").status_code == 200
+                timings.append(time.perf_counter() - started)
+                time.sleep(0.1)
+    finally:
+        worker.join()
+    timings.sort()
+    print(f"/health during transcription: median {timings[len(timings) // 2] * 1000:.1f} ms, max {timings[-1] * 1000:.1f} ms")
+    assert timings[-1] < 0.1, timings
