@@ -36,6 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from stt_engine.api.app import create_app
     from stt_engine.logging_setup import configure_logging
     from stt_engine.models import resolve_model
+    from stt_engine.scheduler import Scheduler
 
     overrides = {k: v for k, v in {"server_host": args.host, "server_port": args.port}.items() if v is not None}
     settings = get_settings().model_copy(update=overrides)
@@ -46,7 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"stt-engine: cannot start: {exc.message}", file=sys.stderr)
         return 2
     logging.getLogger("stt_engine").info("model: %s (%s, from %s)", resolved.name, resolved.path, resolved.source)
-    app = create_app(settings)
+    app = create_app(settings, model=resolved)
     # uvicorn turns SIGTERM into a graceful stop (no new connections, in-flight requests finish within
     # SHUTDOWN_GRACE_S), then re-raises the signal with the handler it found installed. A no-op handler makes
     # that re-raise harmless, so a graceful stop exits 0 instead of dying by the signal.
@@ -67,12 +68,15 @@ def _stopped_by_sigterm(signum: int, frame: object) -> None:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    """Transcribe files with the local model, no server needed."""
+    """Transcribe files with the local model, no server needed (the server's scheduler spreads the work)."""
+    import asyncio
+
     from stt_engine.api.transcription import build_options
     from stt_engine.audio import decode
     from stt_engine.engine import Engine
     from stt_engine.formats import ResponseFormat, render
     from stt_engine.models import resolve_model
+    from stt_engine.scheduler import Scheduler
 
     settings = get_settings()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -85,12 +89,14 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     except STTError as exc:
         print(f"stt-engine: {exc.message}", file=sys.stderr)
         return 2
+    scheduler = Scheduler(engine, batch_size=engine.batch_size, timeout_base_s=1e9)  # no timeout at a terminal
     fmt = ResponseFormat(args.format)
     status = 0
     for name in args.files:
         try:
             started = time.perf_counter()
-            transcript = engine.transcribe(decode(name, max_seconds=settings.max_audio_seconds), options)
+            audio = decode(name, max_seconds=settings.max_audio_seconds)
+            transcript = asyncio.run(scheduler.transcribe(audio, options))
             elapsed = time.perf_counter() - started
         except STTError as exc:
             print(f"stt-engine: {name}: {exc.message}", file=sys.stderr)
@@ -107,6 +113,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         else:
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    scheduler.close(timeout=0)
     return status
 
 

@@ -29,7 +29,9 @@ class Settings(BaseSettings):
     whisper_beam_size: int = Field(5, ge=1, le=20)
     whisper_cpu_threads: int = Field(0, ge=0, description="Threads per model worker; 0 = cores / workers.")
     whisper_num_workers: int = Field(0, ge=0, description="Parallel model workers; 0 = auto (cores on CPU, 1 on GPU).")
-    whisper_batch_size: int = Field(8, ge=1, le=64, description="Most 30 s chunks decoded together.")
+    whisper_batch_size: int = Field(
+        0, ge=0, le=64, description="Most 30 s chunks decoded together; 0 = auto (8 on CUDA, 1 on CPU)."
+    )
     whisper_batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="Longest wait to fill a batch.")
     whisper_default_language: str | None = Field(None, description="Language used when a request gives none.")
     whisper_vad_filter: bool = True

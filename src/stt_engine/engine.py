@@ -1,7 +1,7 @@
 """The faster-whisper engine: one loaded `WhisperModel`, and the two steps the scheduler drives.
 
-1. `prepare()` turns decoded audio into a `Job`: Silero VAD finds speech, speech is packed into chunks of at most
-   30 s, and each chunk gets its log-Mel features. Silence and music give no chunks, so no invented text.
+1. `prepare()` turns decoded audio into a `Job`: Silero VAD finds speech, and speech is packed into chunks of at
+   most 30 s. Silence and music give no chunks, so no invented text.
 2. `run_batch()` decodes chunks, possibly from *different* requests and languages, in one CTranslate2 call:
    the language token is set per item, so a Korean and an English request share a batch. A chunk whose result
    looks broken (repetition loop, very low confidence) is decoded again alone with temperature fallback, as
@@ -81,6 +81,7 @@ class Transcript:
     duration_after_vad: float
     segments: list[FWSegment]
     task: Task = "transcribe"
+    queue_wait_seconds: float | None = None  # admission to first decode, when a scheduler ran it
 
 
 @dataclass
@@ -89,8 +90,7 @@ class Chunk:
 
     job: Job
     index: int
-    audio: np.ndarray  # the chunk's samples, kept to decode a tail the model skipped
-    features: np.ndarray  # (n_mels, 3000)
+    audio: np.ndarray  # the chunk's speech samples; log-Mel features are computed when its batch runs
     offset: float  # seconds on the VAD-collapsed timeline
     duration: float
     segments: list[dict] = field(default_factory=list)
@@ -136,6 +136,14 @@ def resolve_compute_type(setting: str, device: str) -> str:
     return "float16" if device == "cuda" else "int8"
 
 
+def resolve_batch_size(setting: int, device: str) -> int:
+    """On a GPU, batching chunks is where the speed comes from. On CPU `stt-engine bench` measured no throughput
+    gain from batches with single-thread workers, only later results and more memory: one chunk per call there."""
+    if setting:
+        return setting
+    return 8 if device == "cuda" else 1
+
+
 def resolve_workers(settings: Settings, device: str) -> tuple[int, int]:
     """(model workers, threads per worker). On CPU, one single-thread worker per core beats one wide worker."""
     cores = os.cpu_count() or 1
@@ -154,6 +162,7 @@ class Engine:
         self.device = resolve_device(settings.whisper_device)
         self.compute_type = resolve_compute_type(settings.whisper_compute_type, self.device)
         self.workers, self.threads = resolve_workers(settings, self.device)
+        self.batch_size = resolve_batch_size(settings.whisper_batch_size, self.device)
         self.default_beam_size = settings.whisper_beam_size
         self.default_language = settings.whisper_default_language
         started = time.perf_counter()
@@ -171,13 +180,14 @@ class Engine:
         self._tokenizers: dict[tuple[str, str | None], Tokenizer] = {}
         self._tokenizer_lock = threading.Lock()
         log.info(
-            "model loaded: %s (%s) device=%s compute_type=%s workers=%d threads=%d in %.1fs",
-            model.name, model.path, self.device, self.compute_type, self.workers, self.threads, self.load_seconds,
+            "model loaded: %s (%s) device=%s compute_type=%s workers=%d threads=%d batch=%d in %.1fs",
+            model.name, model.path, self.device, self.compute_type, self.workers, self.threads, self.batch_size,
+            self.load_seconds,
         )
 
     # --- step 1: audio -> job ------------------------------------------------------------------
     def prepare(self, audio: DecodedAudio, options: TranscribeOptions) -> Job:
-        """VAD, chunking and features. CPU work that runs off the event loop, outside the model workers."""
+        """VAD and chunking: CPU work that runs off the event loop, outside the model workers."""
         samples = audio.samples
         if not self.multilingual:
             options = replace(options, language="en")
@@ -194,9 +204,7 @@ class Engine:
             return job
         pieces, metadata = collect_chunks(samples, speech, max_duration=CHUNK_SECONDS)
         for index, (piece, meta) in enumerate(zip(pieces, metadata)):
-            job.chunks.append(
-                Chunk(job, index, piece, self._features(piece), float(meta["offset"]), float(meta["duration"]))
-            )
+            job.chunks.append(Chunk(job, index, piece, float(meta["offset"]), float(meta["duration"])))
         return job
 
     def _features(self, samples: np.ndarray) -> np.ndarray:
@@ -211,8 +219,8 @@ class Engine:
             return None
         rest = chunk.audio[int(covered * SAMPLE_RATE):]
         tail = Chunk(
-            chunk.job, len(chunk.job.chunks), rest, self._features(rest), chunk.offset + covered,
-            len(rest) / SAMPLE_RATE, depth=chunk.depth + 1,
+            chunk.job, len(chunk.job.chunks), rest, chunk.offset + covered, len(rest) / SAMPLE_RATE,
+            depth=chunk.depth + 1,
         )
         chunk.job.chunks.append(tail)
         return tail
@@ -243,7 +251,7 @@ class Engine:
         always decoded before its others, so the whole request uses one language).
         """
         options = chunks[0].job.options
-        features = np.stack([c.features for c in chunks])
+        features = np.stack([self._features(c.audio) for c in chunks])
         encoder_output = self.model.encode(features)
         unknown = [i for i, c in enumerate(chunks) if c.job.language is None]
         if unknown:
@@ -272,14 +280,14 @@ class Engine:
             sampling_temperature=options.temperatures[0],
             max_initial_timestamp_index=int(round(1.0 / self.model.time_precision)),
         )
-        for chunk, tokenizer, prompt, result in zip(chunks, tokenizers, prompts, results):
+        for i, (chunk, tokenizer, prompt, result) in enumerate(zip(chunks, tokenizers, prompts, results)):
             tokens = result.sequences_ids[0]
             avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
             temperature = options.temperatures[0]
             text = tokenizer.decode(tokens).strip()
             if len(options.temperatures) > 1 and self._needs_fallback(text, avg_logprob, result.no_speech_prob):
                 retry, avg_logprob, temperature, _ = self.model.generate_with_fallback(
-                    self.model.encode(chunk.features), prompt, tokenizer,
+                    self.model.encode(features[i]), prompt, tokenizer,
                     replace(fw_options, temperatures=list(options.temperatures[1:])),
                 )
                 tokens = retry.sequences_ids[0]
@@ -287,7 +295,7 @@ class Engine:
             chunk.segments = self._split(chunk, tokenizer, tokens, avg_logprob, result.no_speech_prob, temperature)
 
         if options.word_timestamps:
-            self._add_words(chunks, tokenizers[0], encoder_output, fw_options)
+            self._add_words(chunks, features, tokenizers[0], encoder_output, fw_options)
         return [tail for chunk in chunks if (tail := self._tail_chunk(chunk)) is not None]
 
     @staticmethod
@@ -297,8 +305,8 @@ class Engine:
         return get_compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD or avg_logprob < LOG_PROB_THRESHOLD
 
     def _add_words(
-        self, chunks: list[Chunk], tokenizer: Tokenizer, encoder_output: ctranslate2.StorageView,
-        fw_options: TranscriptionOptions,
+        self, chunks: list[Chunk], features: np.ndarray, tokenizer: Tokenizer,
+        encoder_output: ctranslate2.StorageView, fw_options: TranscriptionOptions,
     ) -> None:
         """Word timings by cross-attention alignment, for the whole batch at once when every item has text."""
         sizes = [int(np.ceil(c.duration) * self.model.frames_per_second) for c in chunks]
@@ -308,10 +316,10 @@ class Engine:
                 [c.segments for c in chunks], tokenizer, encoder_output, sizes, *punctuation, 0.0
             )
             return
-        for chunk, size in zip(chunks, sizes):  # alignment needs text in every row: do the others one by one
+        for i, (chunk, size) in enumerate(zip(chunks, sizes)):  # alignment needs text in every row
             if chunk.segments:
                 self.model.add_word_timestamps(
-                    [chunk.segments], tokenizer, self.model.encode(chunk.features), [size], *punctuation, 0.0
+                    [chunk.segments], tokenizer, self.model.encode(features[i]), [size], *punctuation, 0.0
                 )
 
     def _split(
@@ -404,14 +412,14 @@ class Engine:
             task=job.options.task,
         )
 
-    def transcribe(self, audio: DecodedAudio, options: TranscribeOptions, batch_size: int = 8) -> Transcript:
-        """Whole pipeline for one request, in the calling thread (CLI, tests of the engine alone)."""
+    def transcribe(self, audio: DecodedAudio, options: TranscribeOptions) -> Transcript:
+        """Whole pipeline for one request in the calling thread (warm-up); requests go through the Scheduler."""
         job = self.prepare(audio, options)
         pending = list(job.chunks)
         if pending and job.language is None:
             pending = self.run_batch(pending[:1]) + pending[1:]
         while pending:
-            batch, pending = pending[:batch_size], pending[batch_size:]
+            batch, pending = pending[: self.batch_size], pending[self.batch_size :]
             pending = self.run_batch(batch) + pending
         return self.finish(job)
 

@@ -48,6 +48,11 @@ class _SchedulerCollector(Collector):
         depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Requests admitted and not finished (queued or decoding).")
         queued_audio = GaugeMetricFamily(f"{PREFIX}_queue_audio_seconds", "Seconds of audio admitted and not finished.")
         busy = GaugeMetricFamily(f"{PREFIX}_busy_workers", "Model workers decoding a batch right now.")
+        recent_wait = GaugeMetricFamily(
+            f"{PREFIX}_queue_wait_recent_seconds",
+            "Queue wait (admission to first decoded chunk) over the scheduler's last 1000 requests.",
+            labels=["quantile"],
+        )
         if scheduler is not None:
             stats = scheduler.stats
             for outcome in ("submitted", "completed", "rejected", "cancelled", "failed"):
@@ -55,11 +60,15 @@ class _SchedulerCollector(Collector):
             depth.add_metric([], float(scheduler.queued_requests))
             queued_audio.add_metric([], float(scheduler.queued_seconds))
             busy.add_metric([], float(getattr(stats, "busy_workers", 0)))
+            waits = sorted(list(getattr(stats, "queue_wait_seconds", ())))  # copy: workers append concurrently
+            if waits:
+                for label, q in (("0.5", 0.5), ("0.95", 0.95), ("1", 1.0)):
+                    recent_wait.add_metric([label], waits[min(len(waits) - 1, int(q * len(waits)))])
         else:
             depth.add_metric([], 0.0)
             queued_audio.add_metric([], 0.0)
             busy.add_metric([], 0.0)
-        yield from (jobs, depth, queued_audio, busy)
+        yield from (jobs, depth, queued_audio, busy, recent_wait)
 
 
 class Metrics:

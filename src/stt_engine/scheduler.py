@@ -216,6 +216,8 @@ class Scheduler:
         self._release(ticket)
         try:
             result: Transcript | BaseException = self.engine.finish(ticket.job)
+            if ticket.first_batch_at is not None:
+                result.queue_wait_seconds = ticket.first_batch_at - ticket.job.created
             self.stats.completed += 1
             self.stats.audio_seconds += ticket.job.duration
         except Exception as exc:  # pragma: no cover - defensive: never leave a request hanging

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from stt_engine import __version__
 from stt_engine.api.errors import install_error_handlers
+from stt_engine.api.postprocess_routes import router as postprocess_router
 from stt_engine.api.middleware import RequestContextMiddleware, UploadLimitMiddleware
 from stt_engine.api.routes import router
 from stt_engine.api.security import install_security
@@ -22,27 +23,29 @@ from stt_engine.config import Settings, get_settings
 from stt_engine.engine import Engine, TranscribeOptions
 from stt_engine.errors import STTError
 from stt_engine.metrics import Metrics
-from stt_engine.models import resolve_model
+from stt_engine.models import ResolvedModel, resolve_model
+from stt_engine.postprocess.service import PostProcessor
 from stt_engine.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
 
-def load_engine(settings: Settings) -> Engine:
-    """Resolve, verify and load the model (blocking: seconds for base, longer for large models)."""
-    return Engine(resolve_model(settings), settings)
+def load_engine(settings: Settings, model: ResolvedModel | None = None) -> Engine:
+    """Resolve and verify the model unless given, then load it (blocking: seconds for base, more for large)."""
+    return Engine(model or resolve_model(settings), settings)
 
 
 def warm_up(engine: Engine) -> None:
     """One real decode of a second of quiet noise, so the first user request doesn't pay for lazy init."""
     noise = (np.random.default_rng(0).standard_normal(SAMPLE_RATE) * 0.01).astype(np.float32)
-    engine.transcribe(DecodedAudio(noise, "warmup", SAMPLE_RATE, 1), TranscribeOptions(language="en", vad_filter=False, temperatures=(0.0,)))
+    options = TranscribeOptions(language="en", vad_filter=False, temperatures=(0.0,))
+    engine.transcribe(DecodedAudio(noise, "warmup", SAMPLE_RATE, 1), options)
 
 
 def build_scheduler(engine: Engine, settings: Settings, metrics: Metrics | None = None) -> Scheduler:
     return Scheduler(
         engine,
-        batch_size=settings.whisper_batch_size,
+        batch_size=engine.batch_size,
         batch_wait_ms=settings.whisper_batch_wait_ms,
         max_queued_requests=settings.max_queued_requests,
         max_queue_seconds=settings.max_queue_seconds,
@@ -52,22 +55,14 @@ def build_scheduler(engine: Engine, settings: Settings, metrics: Metrics | None 
     )
 
 
-def _make_postprocessor(settings: Settings) -> object | None:
-    try:
-        from stt_engine.postprocess.service import PostProcessor
-    except ImportError:  # pragma: no cover - the package ships it; tolerate partial installs
-        return None
-    return PostProcessor.from_settings(settings)
-
-
-def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
-    """Build the app. Pass `engine` to share an already loaded model (tests, benchmarks)."""
+def create_app(settings: Settings | None = None, *, model: ResolvedModel | None = None) -> FastAPI:
+    """Build the app; `model` is an already resolved (and verified) model folder, found again when omitted."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.postprocessor = _make_postprocessor(settings)
-        loader = asyncio.ensure_future(_load(app, settings, engine))
+        app.state.postprocessor = PostProcessor.from_settings(settings)
+        loader = asyncio.ensure_future(_load(app, settings, model))
         try:
             yield
         finally:
@@ -75,8 +70,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             scheduler: Scheduler | None = app.state.scheduler
             if scheduler is not None:
                 await run_in_threadpool(scheduler.close, settings.shutdown_grace_s)
-            if app.state.postprocessor is not None:
-                await app.state.postprocessor.aclose()
+            await app.state.postprocessor.aclose()
 
     app = FastAPI(
         title="stt-engine",
@@ -101,20 +95,15 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     install_security(app, settings)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, router=app.router)
     app.include_router(router)
-    try:
-        from stt_engine.api.postprocess_routes import router as postprocess_router
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        app.include_router(postprocess_router)
+    app.include_router(postprocess_router)
     return app
 
 
-async def _load(app: FastAPI, settings: Settings, engine: Engine | None) -> None:
+async def _load(app: FastAPI, settings: Settings, model: ResolvedModel | None) -> None:
     metrics: Metrics = app.state.metrics
     try:
         started = time.perf_counter()
-        engine = engine or await run_in_threadpool(load_engine, settings)
+        engine = await run_in_threadpool(load_engine, settings, model)
         metrics.model_load_seconds.set(time.perf_counter() - started)
         app.state.scheduler = build_scheduler(engine, settings, metrics)
         app.state.engine = engine

@@ -138,7 +138,7 @@ async def _openai_audio(
 ) -> Response:
     fmt = _parse_format(response_format)
     granularities = [g for item in (granularities or []) for g in item.split(",") if g.strip()]
-    unknown = sorted(set(g.strip() for g in granularities) - {"segment", "word"})
+    unknown = sorted({g.strip() for g in granularities} - {"segment", "word"})
     if unknown:
         raise InvalidRequest(
             f"Unsupported timestamp_granularities {unknown}; use 'segment' and/or 'word'.",

@@ -146,9 +146,8 @@ async def transcribe_upload(
         )
     if scheduler is None:
         raise NotReady("The model is still loading; retry in a few seconds.", headers={"Retry-After": "5"})
-    postprocessor = getattr(request.app.state, "postprocessor", None)
-    if postprocess and postprocessor is not None and hasattr(postprocessor, "validate"):
-        postprocessor.validate(postprocess, postprocess_prompt)  # caller mistakes fail before any decoding
+    if postprocess:
+        request.app.state.postprocessor.validate(postprocess, postprocess_prompt)  # fail before any decoding
 
     started = time.perf_counter()
     async with stored_upload(upload, settings) as path:
@@ -171,7 +170,7 @@ async def transcribe_upload(
     transcript = work.result()
     elapsed = time.perf_counter() - started
     request.state.processing_seconds = elapsed  # the access log and metrics middleware read these
-    request.state.queue_wait_seconds = getattr(transcript, "queue_wait_seconds", None)
+    request.state.queue_wait_seconds = transcript.queue_wait_seconds
     if settings.log_transcripts:
         log.info("transcript: %s", transcript.text, extra={"transcript": transcript.text})
     result = TranscriptionResult(transcript, elapsed)
@@ -181,14 +180,10 @@ async def transcribe_upload(
 
 
 async def _postprocess(request: Request, transcript: Transcript, task: str, prompt: str | None) -> dict[str, Any]:
-    postprocessor = getattr(request.app.state, "postprocessor", None)
-    if postprocessor is None or not postprocessor.enabled:
-        result: dict[str, Any] = {
-            "task": task, "model": None, "text": None,
-            "error": {"type": "not_configured", "message": "Post-processing is not configured: set VLLM_BASE_URL."},
-        }
-    else:
-        result = await postprocessor.run(transcript.text, task, prompt, transcript.language)
+    """The LLM's result for `task`; a disabled post-processor answers with its own `llm_not_configured` error."""
+    result: dict[str, Any] = await request.app.state.postprocessor.run(
+        transcript.text, task, prompt, transcript.language
+    )
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:  # asked-for and failed counts alike, so the failure ratio is honest
         metrics.observe_postprocess(task, result)

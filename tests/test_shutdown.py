@@ -1,0 +1,126 @@
+"""SIGTERM: the server stops accepting connections, lets the in-flight transcription finish, then exits 0."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import REPO, SHARED_AUDIO, clip, error_rate, free_port
+
+LONG = "en/en_longform_librispeech_librivox_concat.wav"  # 77.7 s: several seconds of decoding on CPU
+
+
+@contextlib.contextmanager
+def server_process(log_dir: Path, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`stt-engine serve` as a child we signal ourselves (tests.support.running_server hides the process)."""
+    port = free_port()
+    full_env = {**os.environ, "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "LOG_DIR": str(log_dir), **env}
+    out = (log_dir / "server.out").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "stt_engine", "serve"], env=full_env, stdout=out,
+                            stderr=subprocess.STDOUT, cwd=str(REPO))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (log_dir / "server.out").read_text()[-3000:]
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(base + "/health/ready", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "server not ready"
+            time.sleep(0.25)
+        yield proc, base
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
+
+
+def _accepts_connections(base: str) -> bool:
+    host, port = base.rsplit("/", 1)[-1].split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_sigterm_during_long_transcription(tmp_path: Path) -> None:
+    with server_process(tmp_path, SHUTDOWN_GRACE_S="120") as (proc, base):
+        result: dict[str, httpx.Response | BaseException] = {}
+
+        def transcribe() -> None:
+            try:
+                with (SHARED_AUDIO / LONG).open("rb") as handle:
+                    result["response"] = httpx.post(
+                        base + "/v1/audio/transcriptions", files={"file": (Path(LONG).name, handle)},
+                        data={"language": "en"}, timeout=300,
+                    )
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                result["response"] = exc
+
+        worker = threading.Thread(target=transcribe)
+        worker.start()
+        deadline = time.monotonic() + 60
+        while httpx.get(base + "/health", timeout=5).json().get("queue", {}).get("requests", 0) < 1:
+            assert time.monotonic() < deadline and worker.is_alive(), result
+            time.sleep(0.1)
+        time.sleep(0.5)  # well inside the decoding
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+
+        # stops accepting new connections while the transcription is still running
+        stop_deadline = time.monotonic() + 10
+        while _accepts_connections(base) and time.monotonic() < stop_deadline:
+            time.sleep(0.1)
+        assert not _accepts_connections(base)
+        assert worker.is_alive(), "the transcription ended before the listener closed; use a longer clip"
+
+        worker.join(timeout=240)
+        response = result["response"]
+        assert isinstance(response, httpx.Response), response
+        assert response.status_code == 200, response.text
+        assert error_rate(response.json()["text"], clip(LONG)) <= 0.25
+        assert proc.wait(timeout=60) == 0
+        print(f"SHUTDOWN: request finished {time.monotonic() - signalled:.1f} s after SIGTERM; exit code 0")
+    console = (tmp_path / "server.out").read_text(encoding="utf-8", errors="replace")
+    assert "stopped" in console and "Traceback" not in console
+
+
+def test_sigterm_when_idle_exits_0_quickly(tmp_path: Path) -> None:
+    with server_process(tmp_path) as (proc, _base):
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("grace", ["1"])
+def test_grace_is_bounded(tmp_path: Path, grace: str) -> None:
+    """With SHUTDOWN_GRACE_S=1 a long transcription is cut off: the process still exits 0, promptly."""
+    with server_process(tmp_path, SHUTDOWN_GRACE_S=grace) as (proc, base):
+        def transcribe() -> None:
+            with contextlib.suppress(httpx.HTTPError), (SHARED_AUDIO / LONG).open("rb") as handle:
+                httpx.post(base + "/v1/audio/transcriptions", files={"file": handle}, timeout=120)
+
+        worker = threading.Thread(target=transcribe, daemon=True)
+        worker.start()
+        deadline = time.monotonic() + 60
+        while httpx.get(base + "/health", timeout=5).json().get("queue", {}).get("requests", 0) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert time.monotonic() - started < 20

@@ -1,0 +1,53 @@
+"""Pure logic: timestamp formatting, option parsing, model-folder naming. No model needed."""
+
+from __future__ import annotations
+
+import pytest
+
+from stt_engine.api.transcription import parse_language, parse_temperature
+from stt_engine.engine import DEFAULT_TEMPERATURES, resolve_compute_type, tidy_text
+from stt_engine.errors import InvalidRequest
+from stt_engine.formats import timestamp
+from stt_engine.models.resolve import candidate_dirnames
+
+
+@pytest.mark.parametrize(
+    ("seconds", "srt", "vtt"),
+    [(0, "00:00:00,000", "00:00:00.000"), (3661.5, "01:01:01,500", "01:01:01.500"), (59.9996, "00:01:00,000", "00:01:00.000")],
+)
+def test_timestamps(seconds: float, srt: str, vtt: str) -> None:
+    assert timestamp(seconds, ",") == srt and timestamp(seconds, ".") == vtt
+
+
+@pytest.mark.parametrize(("value", "code"), [(None, None), ("", None), ("auto", None), ("KO", "ko"), ("ko-KR", "ko"), ("en_US", "en")])
+def test_parse_language(value: str | None, code: str | None) -> None:
+    assert parse_language(value) == code
+
+
+@pytest.mark.parametrize("value", ["xx", "korean", "k"])
+def test_parse_language_rejects_unknown(value: str) -> None:
+    with pytest.raises(InvalidRequest, match="Unsupported language"):
+        parse_language(value)
+
+
+def test_temperature_semantics() -> None:
+    assert parse_temperature(None) == DEFAULT_TEMPERATURES == parse_temperature(0)
+    assert parse_temperature(0.4) == (0.4, 0.6, 0.8, 1.0)
+    for bad in (-1, 5):
+        with pytest.raises(InvalidRequest, match="between 0 and 1"):
+            parse_temperature(bad)
+
+
+def test_text_tidying() -> None:
+    assert tidy_text("  안녕하세요.   반갑습니다 ", "ko") == "안녕하세요. 반갑습니다"
+
+
+def test_compute_type_auto() -> None:
+    assert resolve_compute_type("auto", "cuda") == "float16"
+    assert resolve_compute_type("auto", "cpu") == "int8"
+    assert resolve_compute_type("int8_float16", "cuda") == "int8_float16"
+
+
+def test_model_name_lookup() -> None:
+    assert "openai_whisper-large-v3-turbo" in candidate_dirnames("large-v3-turbo")
+    assert "Systran_faster-whisper-small" in candidate_dirnames("Systran/faster-whisper-small")
