@@ -56,7 +56,7 @@ def test_metrics_move_with_requests(server: str) -> None:
     assert delta("stt_scheduler_jobs_total", outcome="completed") == 3
     assert delta("stt_batch_chunks_count") >= 1
     assert delta("stt_postprocess_calls_total", task="correct") == 1
-    assert delta("stt_postprocess_failures_total", task="correct", error="not_configured") == 1
+    assert delta("stt_postprocess_failures_total", task="correct", error="llm_not_configured") == 1
     # gauges and start-up figures
     assert value(after, "stt_model_load_seconds") > 0 and value(after, "stt_model_warmup_seconds") > 0
     assert value(after, "stt_model_ready") == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -36,7 +37,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from stt_engine.api.app import create_app
     from stt_engine.logging_setup import configure_logging
     from stt_engine.models import resolve_model
-    from stt_engine.scheduler import Scheduler
 
     overrides = {k: v for k, v in {"server_host": args.host, "server_port": args.port}.items() if v is not None}
     settings = get_settings().model_copy(update=overrides)
@@ -59,6 +59,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]  # uvicorn waits any float
     )
+    scheduler = app.state.scheduler
+    if scheduler is not None and scheduler.stats.busy_workers:
+        # SHUTDOWN_GRACE_S ran out mid-batch: the interpreter must not tear down under CTranslate2's threads
+        # (that aborts the process), so leave at once, as a completed stop.
+        logging.getLogger("stt_engine").warning("stopped with %d batches unfinished", scheduler.stats.busy_workers)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
     logging.getLogger("stt_engine").info("stopped")
     return 0
 

@@ -150,9 +150,9 @@ async def transcribe_upload(
         request.app.state.postprocessor.validate(postprocess, postprocess_prompt)  # fail before any decoding
 
     started = time.perf_counter()
+    scheduler.admit(0.0)  # a full queue answers 429 before we spend time decoding
     async with stored_upload(upload, settings) as path:
         decoded = await run_in_threadpool(audio_mod.decode, path, max_seconds=settings.max_audio_seconds)
-    scheduler.admit(decoded.duration)
     request.state.audio_seconds = decoded.duration
 
     work = asyncio.ensure_future(scheduler.transcribe(decoded, options))
