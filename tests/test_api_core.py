@@ -79,3 +79,22 @@ def test_openapi_docs(server: str) -> None:
     assert httpx.get(server + "/docs").status_code == 200
     paths = httpx.get(server + "/openapi.json").json()["paths"]
     assert {"/transcribe", "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/models", "/health"} <= set(paths)
+
+
+def test_tenth_of_a_second_gives_no_invented_text(server: str, tmp_path) -> None:
+    """Peers answer a 0.1 s clip with an invented "you."; we answer with nothing."""
+    import wave
+
+    import numpy as np
+
+    from stt_engine.audio import decode
+
+    samples = decode(str(JFK)).samples[: int(0.12 * 16000)]
+    path = tmp_path / "tiny.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes((samples * 32767).astype(np.int16).tobytes())
+    response = post_audio(server, "/v1/audio/transcriptions", path)
+    assert response.status_code == 200 and response.json()["text"] == ""

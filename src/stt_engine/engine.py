@@ -295,7 +295,7 @@ class Engine:
             chunk.segments = self._split(chunk, tokenizer, tokens, avg_logprob, result.no_speech_prob, temperature)
 
         if options.word_timestamps:
-            self._add_words(chunks, features, tokenizers[0], encoder_output, fw_options)
+            self._add_words(chunks, features, tokenizers, encoder_output, fw_options)
         return [tail for chunk in chunks if (tail := self._tail_chunk(chunk)) is not None]
 
     @staticmethod
@@ -305,18 +305,19 @@ class Engine:
         return get_compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD or avg_logprob < LOG_PROB_THRESHOLD
 
     def _add_words(
-        self, chunks: list[Chunk], features: np.ndarray, tokenizer: Tokenizer,
+        self, chunks: list[Chunk], features: np.ndarray, tokenizers: list[Tokenizer],
         encoder_output: ctranslate2.StorageView, fw_options: TranscriptionOptions,
     ) -> None:
-        """Word timings by cross-attention alignment, for the whole batch at once when every item has text."""
+        """Word timings by cross-attention alignment: for the whole batch at once when every item has text in
+        one language (word splitting differs for CJK), else item by item."""
         sizes = [int(np.ceil(c.duration) * self.model.frames_per_second) for c in chunks]
         punctuation = (fw_options.prepend_punctuations, fw_options.append_punctuations)
-        if all(c.segments for c in chunks):
+        if all(c.segments for c in chunks) and all(t is tokenizers[0] for t in tokenizers):
             self.model.add_word_timestamps(
-                [c.segments for c in chunks], tokenizer, encoder_output, sizes, *punctuation, 0.0
+                [c.segments for c in chunks], tokenizers[0], encoder_output, sizes, *punctuation, 0.0
             )
             return
-        for i, (chunk, size) in enumerate(zip(chunks, sizes)):  # alignment needs text in every row
+        for i, (chunk, tokenizer, size) in enumerate(zip(chunks, tokenizers, sizes)):
             if chunk.segments:
                 self.model.add_word_timestamps(
                     [chunk.segments], tokenizer, self.model.encode(features[i]), [size], *punctuation, 0.0

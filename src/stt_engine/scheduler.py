@@ -177,9 +177,6 @@ class Scheduler:
             old_key = id(ticket.job)
             ticket.job = job
             self._tickets.pop(old_key, None)
-            if ticket.future.done():  # cancelled while preparing
-                self._release(ticket)
-                return
             self._tickets[id(job)] = ticket
             if not job.chunks:
                 self._complete(ticket)
@@ -200,7 +197,7 @@ class Scheduler:
             self._queued_seconds = max(0.0, self._queued_seconds - ticket.admitted_seconds)
             if reason == "cancelled":
                 self.stats.cancelled += 1
-            elif reason != "done":
+            else:
                 self.stats.failed += 1
             self._cond.notify_all()
         if reason in ("cancelled", "timeout"):
@@ -285,6 +282,8 @@ class Scheduler:
         if error is not None:
             self._tickets.pop(id(job), None)
             self._release(ticket)
+            job.cancelled = True
+            self._pending = [c for c in self._pending if c.job is not job]
             self.stats.failed += 1
             _resolve(ticket, error if isinstance(error, STTError) else STTError(f"Transcription failed: {error}"))
             return
@@ -293,8 +292,8 @@ class Scheduler:
             self.stats.queue_wait_seconds.append(ticket.first_batch_at - job.created)
             del self.stats.queue_wait_seconds[:-1000]
         job.done_count += 1
-        if chunk.index == 0 and len(job.chunks) > 1 and job.options.language is None:
-            self._pending.extend(job.chunks[1:])  # language now known: release the rest
+        if chunk.index == 0 and job.options.language is None:  # language now known: release the other VAD chunks
+            self._pending.extend(c for c in job.chunks[1:] if c.depth == 0)
         if job.finished:
             self._complete(ticket)
 
