@@ -33,6 +33,8 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from tests.support import free_port
+
 LLAMA_CONTEXT = 2048
 LLAMA_ALIAS = "smollm2-135m"
 
@@ -329,7 +331,4 @@ def vllm(vllm_standin_server: VLLMStandIn) -> VLLMStandIn:
 
 def closed_port_url() -> str:
     """A loopback URL nothing listens on (for 'LLM server down')."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"

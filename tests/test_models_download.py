@@ -21,14 +21,11 @@ import pytest
 from stt_engine.models import download as dl
 from stt_engine.models.catalog import lookup
 from stt_engine.models.verify import MANIFEST_NAME, read_manifest, verify_model_dir
+from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -59,7 +56,7 @@ def _assert_nothing_verifiable(models_dir: Path) -> None:
 
 
 def test_unreachable_endpoint_fails_within_seconds_with_advice(tmp_path: Path) -> None:
-    proc, elapsed = _download(tmp_path, env={"HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"})
+    proc, elapsed = _download(tmp_path, env={"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
     assert proc.returncode != 0
     assert elapsed < 10, f"took {elapsed:.1f} s"
     assert "Cannot reach the Hugging Face hub" in proc.stderr
