@@ -31,6 +31,7 @@ def _model_info(request: Request) -> dict[str, Any]:
         "compute_type": engine.compute_type,
         "workers": engine.workers,
         "threads_per_worker": engine.threads,
+        "batch_size": engine.batch_size,
     }
 
 
