@@ -150,6 +150,7 @@ class VLLMBehaviour:
     api_key: str | None = None
     error_shape: str = "new"  # "new" = {"error": {...}} (vLLM >= 0.10.1), "old" = {"object": "error", ...}
     delay_s: float = 0.0  # before answering a generation request
+    health_delay_s: float = 0.0  # before answering /health
     fail_next: int = 0  # the next N generation requests fail with fail_status
     fail_status: int = 503
     retry_after: str | None = None
@@ -203,6 +204,8 @@ def _build_app(standin: VLLMStandIn) -> Any:
 
     @app.get("/health")
     async def health() -> Response:
+        if standin.behaviour.health_delay_s:
+            await asyncio.sleep(standin.behaviour.health_delay_s)
         return Response(status_code=200)  # vLLM: 200, empty body
 
     @app.get("/v1/models")

@@ -118,6 +118,7 @@ def test_transcribe_with_llm_up_then_killed() -> None:
 
 def test_transcribe_with_slow_llm_times_out(vllm: VLLMStandIn) -> None:
     vllm.behaviour.delay_s = 30.0
+    vllm.behaviour.health_delay_s = 30.0
     with running_server({"VLLM_BASE_URL": vllm.base_url, "VLLM_TIMEOUT_S": "1.5"}) as base:
         started = time.monotonic()
         response = post_audio(base, "/transcribe", JFK, postprocess="summarize")
@@ -131,3 +132,9 @@ def test_transcribe_with_slow_llm_times_out(vllm: VLLMStandIn) -> None:
         response = post_audio(base, "/v1/audio/transcriptions", JFK, postprocess="minutes")
         assert response.status_code == 200 and response.json()["postprocess"]["error"]["code"] == "llm_timeout"
         _assert_transcript_intact(response.json())
+
+        for _ in range(3):  # a hanging LLM server never slows the STT health check
+            started = time.monotonic()
+            health = httpx.get(base + "/health", timeout=30)
+            assert health.status_code == 200 and time.monotonic() - started < 0.5
+            assert health.json()["llm"]["ok"] is not True

@@ -56,7 +56,7 @@ async def health(request: Request) -> JSONResponse:
         }
     postprocessor = getattr(state, "postprocessor", None)
     if postprocessor is not None and postprocessor.enabled:
-        body["llm"] = await postprocessor.health()
+        body["llm"] = await postprocessor.health_snapshot()
     return JSONResponse(body, status_code=200 if state.engine is not None else 503)
 
 

@@ -86,6 +86,7 @@ class PostProcessor:
         self.max_tokens = max_tokens
         self.context_tokens = context_tokens
         self._health: tuple[float, dict[str, Any]] | None = None
+        self._health_check: asyncio.Future[dict[str, Any]] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PostProcessor:
@@ -190,7 +191,23 @@ class PostProcessor:
         self._health = (time.monotonic(), result)
         return result
 
+    async def health_snapshot(self, wait_s: float = 0.05) -> dict[str, Any]:
+        """For `/health`, which must stay fast while the LLM server is slow: a stale report starts a check in
+        the background, awaited at most `wait_s`; until it ends, the last known report (or "checking") is given."""
+        if self.client is None:
+            return await self.health()
+        fresh = self._health is not None and time.monotonic() - self._health[0] < HEALTH_CACHE_S
+        if not fresh:
+            if self._health_check is None or self._health_check.done():
+                self._health_check = asyncio.ensure_future(self.health())
+            await asyncio.wait({self._health_check}, timeout=wait_s)
+        if self._health is not None:
+            return self._health[1]
+        return {"configured": True, "ok": None, "reachable": None, "model": None, "checking": True}
+
     async def aclose(self) -> None:
+        if self._health_check is not None:
+            self._health_check.cancel()
         if self.client is not None:
             await self.client.aclose()
 
