@@ -36,25 +36,6 @@ class DecodedAudio:
         return len(self.samples) / SAMPLE_RATE
 
 
-def probe_duration(source: str | os.PathLike[str] | BinaryIO) -> float | None:
-    """Duration the container declares, without decoding (None if it does not say). Cheap early limit check."""
-    try:
-        with av.open(source, mode="r", metadata_errors="ignore") as container:
-            if not container.streams.audio:
-                return None
-            stream = container.streams.audio[0]
-            if stream.duration is not None and stream.time_base is not None:
-                return float(stream.duration * stream.time_base)
-            if container.duration is not None:
-                return container.duration / 1_000_000
-    except (av.error.FFmpegError, OSError, ValueError):
-        return None
-    finally:
-        if hasattr(source, "seek"):
-            source.seek(0)  # type: ignore[union-attr]
-    return None
-
-
 def decode(source: str | os.PathLike[str] | BinaryIO, *, max_seconds: float | None = None) -> DecodedAudio:
     """Decode `source` (a path or a binary file object) to 16 kHz mono float32.
 
