@@ -49,7 +49,7 @@ class Run:
 
 
 def short_clips(audio_dir: Path, low: float = 2.0, high: float = 12.0) -> list[tuple[Path, float, str]]:
-    """English and Korean clips of 2-12 s from the manifest: the 'many short requests' workload."""
+    """English and Korean clips of `low`-`high` s from the manifest (2-12 s: the 'many short requests' workload)."""
     with (audio_dir / "manifest.tsv").open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     return [
@@ -57,6 +57,36 @@ def short_clips(audio_dir: Path, low: float = 2.0, high: float = 12.0) -> list[t
         for r in rows
         if r["language"] in ("en", "ko") and low <= float(r["duration_seconds"]) <= high
     ]
+
+
+def long_clip_latency(
+    model_path: str, server: _ServerProcess, clips: list[tuple[Path, float, str]], beam_size: int
+) -> list[dict[str, object]]:
+    """One long file, alone: raw sequential, raw `BatchedInferencePipeline` (batch 8) and the server at c=1."""
+    from faster_whisper import BatchedInferencePipeline, WhisperModel, decode_audio
+
+    model = WhisperModel(model_path, device="cpu", compute_type="int8", local_files_only=True)
+    batched = BatchedInferencePipeline(model)
+    rows: list[dict[str, object]] = []
+    for path, duration, _ in clips:
+        audio = decode_audio(str(path))
+        t0 = time.perf_counter()
+        list(model.transcribe(audio, beam_size=beam_size, vad_filter=True)[0])
+        sequential = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        list(batched.transcribe(audio, beam_size=beam_size, batch_size=8)[0])
+        pipeline = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        response = httpx.post(
+            server.base + "/v1/audio/transcriptions", files={"file": (path.name, path.read_bytes())}, timeout=600
+        )
+        response.raise_for_status()
+        ours = time.perf_counter() - t0
+        rows.append({
+            "clip": path.name, "audio_seconds": duration, "raw_sequential_s": round(sequential, 2),
+            "raw_batched_s": round(pipeline, 2), "server_c1_s": round(ours, 2),
+        })
+    return rows
 
 
 def raw_baseline(model_path: str, clips: list[tuple[Path, float, str]], beam_size: int, rounds: int) -> Run:
@@ -213,6 +243,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         for concurrency in args.concurrency:
             runs.append(server_run(server, clips, concurrency, args.rounds))
+        long_rows = long_clip_latency(
+            str(model.path), server, short_clips(audio_dir, 60, 600), settings.whisper_beam_size
+        )
     finally:
         server.stop()
 
@@ -242,8 +275,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     "python": platform.python_version()},
         "model": model.name, "clips": [str(p.relative_to(audio_dir)) for p, _, _ in clips], "rounds": args.rounds,
         "runs": result_rows,
+        "long_clips_c1": long_rows,
         "runs_detail": [asdict(r) | {"texts": None} for r in runs],
     }
+    print(f"\n{'long clip, alone':44} {'raw seq':>8} {'raw batched':>11} {'server':>7}")
+    for row in long_rows:
+        print(f"{row['clip']:44} {row['raw_sequential_s']:8.2f} {row['raw_batched_s']:11.2f} {row['server_c1_s']:7.2f}")
     (out_dir / "latest.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     chart(runs, baseline, out_dir / "latest.png")
     print(f"\nwrote {out_dir / 'latest.json'} and {out_dir / 'latest.png'}")
