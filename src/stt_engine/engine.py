@@ -1,4 +1,4 @@
-"""The faster-whisper engine: one loaded `WhisperModel`, and the two steps the scheduler drives.
+"""The faster-whisper engine: one loaded `WhisperModel`, and the steps the scheduler drives for each request.
 
 1. `prepare()` turns decoded audio into a `Job`: Silero VAD finds speech, and speech is packed into chunks of at
    most 30 s. Silence and music give no chunks, so no invented text.
@@ -7,7 +7,7 @@
    looks broken (repetition loop, very low confidence) is decoded again alone with temperature fallback, as
    Whisper's own sequential decoder would.
 
-`transcribe()` runs both steps for one job without a scheduler (the CLI uses it).
+`finish()` joins a job's segments into its transcript; `scheduler.Scheduler` drives all three for every request.
 """
 
 from __future__ import annotations
@@ -163,7 +163,6 @@ class Engine:
         self.compute_type = resolve_compute_type(settings.whisper_compute_type, self.device)
         self.workers, self.threads = resolve_workers(settings, self.device)
         self.batch_size = resolve_batch_size(settings.whisper_batch_size, self.device)
-        self.default_beam_size = settings.whisper_beam_size
         self.default_language = settings.whisper_default_language
         started = time.perf_counter()
         self.model = WhisperModel(
@@ -412,23 +411,6 @@ class Engine:
             segments=segments,
             task=job.options.task,
         )
-
-    def transcribe(self, audio: DecodedAudio, options: TranscribeOptions) -> Transcript:
-        """Whole pipeline for one request in the calling thread (warm-up); requests go through the Scheduler."""
-        job = self.prepare(audio, options)
-        pending = list(job.chunks)
-        if pending and job.language is None:
-            pending = self.run_batch(pending[:1]) + pending[1:]
-        while pending:
-            batch, pending = pending[: self.batch_size], pending[self.batch_size :]
-            pending = self.run_batch(batch) + pending
-        return self.finish(job)
-
-    def with_defaults(self, options: TranscribeOptions) -> TranscribeOptions:
-        """Fill server-wide defaults (default language) into a request's options."""
-        if options.language is None and self.default_language:
-            return replace(options, language=self.default_language)
-        return options
 
 
 def tidy_text(text: str, language: str) -> str:

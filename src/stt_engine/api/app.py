@@ -35,11 +35,12 @@ def load_engine(settings: Settings, model: ResolvedModel | None = None) -> Engin
     return Engine(model or resolve_model(settings), settings)
 
 
-def warm_up(engine: Engine) -> None:
-    """One real decode of a second of quiet noise, so the first user request doesn't pay for lazy init."""
+async def warm_up(scheduler: Scheduler) -> None:
+    """One real decode of a second of quiet noise through the request path, so the first user request doesn't
+    pay for lazy initialisation."""
     noise = (np.random.default_rng(0).standard_normal(SAMPLE_RATE) * 0.01).astype(np.float32)
     options = TranscribeOptions(language="en", vad_filter=False, temperatures=(0.0,))
-    engine.transcribe(DecodedAudio(noise, "warmup", SAMPLE_RATE, 1), options)
+    await scheduler.transcribe(DecodedAudio(noise, "warmup", SAMPLE_RATE, 1), options)
 
 
 def build_scheduler(engine: Engine, settings: Settings, metrics: Metrics | None = None) -> Scheduler:
@@ -109,7 +110,7 @@ async def _load(app: FastAPI, settings: Settings, model: ResolvedModel | None) -
         app.state.engine = engine
         app.state.load_status = "warming_up"
         started = time.perf_counter()
-        await run_in_threadpool(warm_up, engine)
+        await warm_up(app.state.scheduler)
         metrics.model_warmup_seconds.set(time.perf_counter() - started)
         app.state.warmed_up = True
         metrics.model_ready.set(1)
