@@ -97,7 +97,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     except STTError as exc:
         print(f"stt-engine: {exc.message}", file=sys.stderr)
         return 2
-    scheduler = Scheduler(engine, batch_size=engine.batch_size, timeout_base_s=1e9)  # no timeout at a terminal
+    scheduler = Scheduler(engine, timeout_base_s=1e9)  # no timeout at a terminal
     fmt = ResponseFormat(args.format)
     status = 0
     for name in args.files:

@@ -59,8 +59,8 @@ class _SchedulerCollector(Collector):
                 jobs.add_metric([outcome], float(getattr(stats, outcome, 0)))
             depth.add_metric([], float(scheduler.queued_requests))
             queued_audio.add_metric([], float(scheduler.queued_seconds))
-            busy.add_metric([], float(getattr(stats, "busy_workers", 0)))
-            waits = sorted(list(getattr(stats, "queue_wait_seconds", ())))  # copy: workers append concurrently
+            busy.add_metric([], float(stats.busy_workers))
+            waits = sorted(stats.queue_wait_seconds)  # a copy: workers append concurrently
             if waits:
                 for label, q in (("0.5", 0.5), ("0.95", 0.95), ("1", 1.0)):
                     recent_wait.add_metric([label], waits[min(len(waits) - 1, int(q * len(waits)))])

@@ -55,7 +55,7 @@ class _Ticket:
     loop: asyncio.AbstractEventLoop
     seq: int
     admitted_seconds: float
-    first_batch_at: float | None = None
+    queue_wait: float | None = None  # admission to the first decoded chunk
 
 
 class Scheduler:
@@ -65,7 +65,6 @@ class Scheduler:
         self,
         engine: Engine,
         *,
-        batch_size: int = 8,
         batch_wait_ms: float = 5.0,
         max_queued_requests: int = 64,
         max_queue_seconds: float = 3600.0,
@@ -74,7 +73,7 @@ class Scheduler:
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.engine = engine
-        self.batch_size = batch_size
+        self.batch_size = engine.batch_size
         self.batch_wait = batch_wait_ms / 1000
         self.max_queued_requests = max_queued_requests
         self.max_queue_seconds = max_queue_seconds
@@ -194,12 +193,11 @@ class Scheduler:
             job.cancelled = True
             before = len(self._pending)
             self._pending = [c for c in self._pending if c.job is not job]
-            self._queued_seconds = max(0.0, self._queued_seconds - ticket.admitted_seconds)
+            self._release(ticket)
             if reason == "cancelled":
                 self.stats.cancelled += 1
             else:
                 self.stats.failed += 1
-            self._cond.notify_all()
         if reason in ("cancelled", "timeout"):
             log.info("dropped %s request: %d queued chunks discarded", reason, before - len(self._pending))
 
@@ -213,8 +211,7 @@ class Scheduler:
         self._release(ticket)
         try:
             result: Transcript | BaseException = self.engine.finish(ticket.job)
-            if ticket.first_batch_at is not None:
-                result.queue_wait_seconds = ticket.first_batch_at - ticket.job.created
+            result.queue_wait_seconds = ticket.queue_wait
             self.stats.completed += 1
             self.stats.audio_seconds += ticket.job.duration
         except Exception as exc:  # pragma: no cover - defensive: never leave a request hanging
@@ -280,16 +277,12 @@ class Scheduler:
         if ticket is None or job.cancelled:
             return
         if error is not None:
-            self._tickets.pop(id(job), None)
-            self._release(ticket)
-            job.cancelled = True
-            self._pending = [c for c in self._pending if c.job is not job]
-            self.stats.failed += 1
+            self._drop(ticket, "failed")
             _resolve(ticket, error if isinstance(error, STTError) else STTError(f"Transcription failed: {error}"))
             return
-        if ticket.first_batch_at is None:
-            ticket.first_batch_at = time.monotonic()
-            self.stats.queue_wait_seconds.append(ticket.first_batch_at - job.created)
+        if ticket.queue_wait is None:
+            ticket.queue_wait = time.monotonic() - job.created
+            self.stats.queue_wait_seconds.append(ticket.queue_wait)
             del self.stats.queue_wait_seconds[:-1000]
         job.done_count += 1
         if chunk.index == 0 and job.options.language is None:  # language now known: release the other VAD chunks

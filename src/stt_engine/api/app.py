@@ -46,7 +46,6 @@ async def warm_up(scheduler: Scheduler) -> None:
 def build_scheduler(engine: Engine, settings: Settings, metrics: Metrics | None = None) -> Scheduler:
     return Scheduler(
         engine,
-        batch_size=engine.batch_size,
         batch_wait_ms=settings.whisper_batch_wait_ms,
         max_queued_requests=settings.max_queued_requests,
         max_queue_seconds=settings.max_queue_seconds,
