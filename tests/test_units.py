@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from stt_engine.api.transcription import parse_language, parse_temperature
-from stt_engine.engine import DEFAULT_TEMPERATURES, resolve_compute_type, tidy_text
+from stt_engine.engine import resolve_compute_type, tidy_text
 from stt_engine.errors import InvalidRequest
 from stt_engine.formats import timestamp
 from stt_engine.models.resolve import candidate_dirnames
+from stt_engine.options import DEFAULT_TEMPERATURES, parse_language, parse_temperature, quote
+
+LANGUAGES = frozenset({"en", "ko", "ja", "zh", "de"})
 
 
 @pytest.mark.parametrize(
@@ -21,25 +23,30 @@ def test_timestamps(seconds: float, srt: str, vtt: str) -> None:
 
 @pytest.mark.parametrize(("value", "code"), [(None, None), ("", None), ("auto", None), ("KO", "ko"), ("ko-KR", "ko"), ("en_US", "en")])
 def test_parse_language(value: str | None, code: str | None) -> None:
-    assert parse_language(value) == code
+    assert parse_language(value, LANGUAGES) == code
 
 
-@pytest.mark.parametrize("value", ["xx", "korean", "k"])
+@pytest.mark.parametrize("value", ["xx", "korean", "k", "en-" + "x" * 10_000, "fr"])
 def test_parse_language_rejects_unknown(value: str) -> None:
-    with pytest.raises(InvalidRequest, match="Unsupported language"):
-        parse_language(value)
+    with pytest.raises(InvalidRequest, match="Unsupported language") as caught:
+        parse_language(value, LANGUAGES)
+    assert len(caught.value.message) < 300, "a bad value is quoted, never echoed whole"
+
+
+def test_quote_is_short_and_printable() -> None:
+    assert quote("a\r\nb" + "x" * 100).isprintable() and len(quote("x" * 10_000)) < 50
 
 
 def test_temperature_semantics() -> None:
     assert parse_temperature(None) == DEFAULT_TEMPERATURES == parse_temperature(0)
-    assert parse_temperature(0.4) == (0.4, 0.6, 0.8, 1.0)
+    assert parse_temperature(0.5) == (0.5,), "a temperature above 0 samples at exactly that temperature"
     for bad in (-1, 5):
         with pytest.raises(InvalidRequest, match="between 0 and 1"):
             parse_temperature(bad)
 
 
 def test_text_tidying() -> None:
-    assert tidy_text("  안녕하세요.   반갑습니다 ", "ko") == "안녕하세요. 반갑습니다"
+    assert tidy_text("  안녕하세요.   반갑습니다 ") == "안녕하세요. 반갑습니다"
 
 
 def test_compute_type_auto() -> None:

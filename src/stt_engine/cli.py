@@ -79,11 +79,11 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     """Transcribe files with the local model, no server needed (the server's scheduler spreads the work)."""
     import asyncio
 
-    from stt_engine.api.transcription import build_options
     from stt_engine.audio import decode
     from stt_engine.engine import Engine
     from stt_engine.formats import ResponseFormat, render
     from stt_engine.models import resolve_model
+    from stt_engine.options import build_options
     from stt_engine.scheduler import Scheduler
 
     settings = get_settings()
@@ -91,13 +91,13 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     try:
         engine = Engine(resolve_model(settings), settings)
         options = build_options(
-            settings, language=args.language, task=args.task, prompt=args.prompt,
+            settings, engine.supported_languages, language=args.language, task=args.task, prompt=args.prompt,
             word_timestamps=args.word_timestamps, beam_size=args.beam_size,
         )
     except STTError as exc:
         print(f"stt-engine: {exc.message}", file=sys.stderr)
         return 2
-    scheduler = Scheduler(engine, timeout_base_s=1e9)  # no timeout at a terminal
+    scheduler = Scheduler(engine, timeout_base_s=1e9, max_queue_seconds=float("inf"))  # one file at a time, no timeout
     fmt = ResponseFormat(args.format)
     status = 0
     for name in args.files:

@@ -94,3 +94,20 @@ class ModelNotFound(STTError):
     status = 503
     code = "model_not_found"
     error_type = "server_error"
+
+
+class ShuttingDown(STTError):
+    """The server is stopping: the request was not finished within the shutdown grace period."""
+
+    status = 503
+    code = "shutting_down"
+    error_type = "server_error"
+
+
+class TranscriptionFailed(STTError):
+    """Decoding failed inside the model. The message is generic on purpose: the cause is in the server's log,
+    under the request id that the error body carries."""
+
+    status = 500
+    code = "transcription_failed"
+    error_type = "server_error"

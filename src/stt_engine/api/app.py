@@ -20,12 +20,13 @@ from stt_engine.api.routes import router
 from stt_engine.api.security import install_security
 from stt_engine.audio import SAMPLE_RATE, DecodedAudio
 from stt_engine.config import Settings, get_settings
-from stt_engine.engine import Engine, TranscribeOptions
+from stt_engine.engine import Engine
 from stt_engine.errors import STTError
 from stt_engine.metrics import Metrics
 from stt_engine.models import ResolvedModel, resolve_model
 from stt_engine.postprocess.service import PostProcessor
-from stt_engine.scheduler import Scheduler
+from stt_engine.options import TranscribeOptions
+from stt_engine.scheduler import Priority, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,9 @@ async def warm_up(scheduler: Scheduler) -> None:
     pay for lazy initialisation."""
     noise = (np.random.default_rng(0).standard_normal(SAMPLE_RATE) * 0.01).astype(np.float32)
     options = TranscribeOptions(language="en", vad_filter=False, temperatures=(0.0,))
-    await scheduler.transcribe(DecodedAudio(noise, "warmup", SAMPLE_RATE, 1), options)
+    await scheduler.transcribe(
+        DecodedAudio(noise, "warmup", SAMPLE_RATE, 1), options, priority=Priority.LIVE, exclusive=True
+    )
 
 
 def build_scheduler(engine: Engine, settings: Settings, metrics: Metrics | None = None) -> Scheduler:
@@ -121,5 +124,5 @@ async def _load(app: FastAPI, settings: Settings, model: ResolvedModel | None) -
         log.error("model failed to load: %s", exc.message)
     except Exception as exc:
         app.state.load_status = "error"
-        app.state.load_error = f"{type(exc).__name__}: {exc}"
+        app.state.load_error = "The model failed to load; the server log has the details."
         log.exception("model failed to load")

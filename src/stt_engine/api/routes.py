@@ -8,9 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from stt_engine.api.transcription import build_options, transcribe_upload
-from stt_engine.errors import InvalidRequest
+from stt_engine.api.transcription import transcribe_upload
+from stt_engine.errors import InvalidRequest, NotReady
 from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render
+from stt_engine.options import build_options
 from stt_engine.metrics import CONTENT_TYPE
 
 router = APIRouter()
@@ -53,7 +54,11 @@ async def health(request: Request) -> JSONResponse:
             "batches": stats.batches,
             "batched_chunks": stats.batched_chunks,
             "largest_batch": stats.largest_batch,
+            "workers_alive": stats.workers_alive,
+            "workers_expected": scheduler.workers_expected,
         }
+        if stats.workers_alive < scheduler.workers_expected:
+            body["status"] = "degraded"  # a model worker thread died: fewer windows decode at once
     postprocessor = getattr(state, "postprocessor", None)
     if postprocessor is not None and postprocessor.enabled:
         body["llm"] = await postprocessor.health_snapshot()
@@ -72,6 +77,14 @@ async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
 
 
+def _languages(request: Request) -> frozenset[str]:
+    """The loaded model's languages (options are parsed only once it is loaded; before, the route answers 503)."""
+    engine = request.app.state.engine
+    if engine is None:
+        raise NotReady("The model is still loading; retry in a few seconds.", headers={"Retry-After": "5"})
+    return engine.supported_languages
+
+
 # --- original contract ----------------------------------------------------------------------------------
 @router.post("/transcribe", tags=["original"], summary="Transcribe a file (original contract)")
 async def transcribe(
@@ -87,7 +100,8 @@ async def transcribe(
 ) -> JSONResponse:
     settings = request.app.state.settings
     options = build_options(
-        settings, language=language, task=task, prompt=prompt, hotwords=hotwords, word_timestamps=word_timestamps
+        settings, _languages(request), language=language, task=task, prompt=prompt, hotwords=hotwords,
+        word_timestamps=word_timestamps,
     )
     result = await transcribe_upload(
         request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt
@@ -147,8 +161,8 @@ async def _openai_audio(
         )
     words = "word" in {g.strip() for g in granularities}
     options = build_options(
-        request.app.state.settings, language=language, task=task, prompt=prompt, temperature=temperature,
-        word_timestamps=words, hotwords=hotwords,
+        request.app.state.settings, _languages(request), language=language, task=task, prompt=prompt,
+        temperature=temperature, word_timestamps=words, hotwords=hotwords,
     )
     result = await transcribe_upload(
         request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt

@@ -1,4 +1,4 @@
-"""What every transcription route does: validate options, store the upload, decode it, queue it, post-process.
+"""What every transcription route does: store the upload, decode it, queue it, post-process.
 
 Routes differ only in how they read the form and shape the reply; this module is the one path a user's audio
 takes through the server.
@@ -17,78 +17,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request, UploadFile
-from faster_whisper.tokenizer import _LANGUAGE_CODES
 from starlette.concurrency import run_in_threadpool
 
 from stt_engine import audio as audio_mod
 from stt_engine.config import Settings
-from stt_engine.engine import DEFAULT_TEMPERATURES, TranscribeOptions, Transcript
+from stt_engine.engine import Transcript
 from stt_engine.errors import InvalidRequest, NotReady, PayloadTooLarge, STTError
+from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
-LANGUAGE_CODES = frozenset(_LANGUAGE_CODES)
 _COPY_BLOCK = 1 << 20
-
-
-def parse_language(value: str | None) -> str | None:
-    """Empty/`auto` means detect. Accepts `ko`, `KO`, `ko-KR`; refuses codes Whisper does not know."""
-    if value is None or not value.strip() or value.strip().lower() == "auto":
-        return None
-    code = value.strip().lower().replace("_", "-").split("-")[0]
-    if code not in LANGUAGE_CODES:
-        raise InvalidRequest(
-            f"Unsupported language '{value}'. Use an ISO-639-1 code Whisper knows (e.g. ko, en, ja, zh), "
-            "or leave it empty to detect the language.",
-            param="language", code="invalid_language",
-        )
-    return code
-
-
-def parse_temperature(value: float | None) -> tuple[float, ...]:
-    """OpenAI semantics: 0 (default) = greedy/beam first, raising the temperature when a decode fails."""
-    if value is None or value == 0:
-        return DEFAULT_TEMPERATURES
-    if not 0 <= value <= 1:
-        raise InvalidRequest(
-            f"temperature must be between 0 and 1, got {value}.", param="temperature", code="invalid_temperature"
-        )
-    return tuple(t for t in DEFAULT_TEMPERATURES if t >= value) or (value,)
-
-
-def build_options(
-    settings: Settings,
-    *,
-    language: str | None,
-    task: str = "transcribe",
-    prompt: str | None = None,
-    temperature: float | None = None,
-    word_timestamps: bool = False,
-    hotwords: str | None = None,
-    beam_size: int | None = None,
-    vad_filter: bool | None = None,
-) -> TranscribeOptions:
-    for name, text in (("prompt", prompt), ("hotwords", hotwords)):
-        if text and len(text) > settings.max_prompt_chars:
-            raise InvalidRequest(
-                f"'{name}' is {len(text)} characters long; at most {settings.max_prompt_chars} are accepted "
-                "(Whisper only uses the last ~220 tokens of a prompt).",
-                param=name, code="prompt_too_long",
-            )
-    if beam_size is not None and not 1 <= beam_size <= 20:
-        raise InvalidRequest("beam_size must be between 1 and 20.", param="beam_size")
-    return TranscribeOptions(
-        language=parse_language(language) or settings.whisper_default_language,
-        task="translate" if task == "translate" else "transcribe",
-        beam_size=beam_size or settings.whisper_beam_size,
-        temperatures=parse_temperature(temperature),
-        initial_prompt=prompt.strip() if prompt and prompt.strip() else None,
-        hotwords=hotwords.strip() if hotwords and hotwords.strip() else None,
-        word_timestamps=word_timestamps,
-        vad_filter=settings.whisper_vad_filter if vad_filter is None else vad_filter,
-        condition_on_previous_text=settings.whisper_condition_on_previous_text,
-    )
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,142 @@
+"""The faster-whisper engine: one loaded `WhisperModel`, and the three steps the scheduler drives for each request.
+
+1. `prepare` (engine.prepare): VAD with faster-whisper's defaults, speech cut into sections at pauses.
+2. `decode` (engine.decode): one 30 s window of each of several sections in one batch, exactly as faster-whisper's
+   sequential decoder decodes a window: temperature fallback, no-speech rule, seek, word timings.
+3. `transcript` (engine.assemble): segments in order on the original timeline, tidied and joined.
+
+`scheduler.Scheduler` decides which windows go together and when.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import replace
+
+import ctranslate2
+from faster_whisper import WhisperModel
+from faster_whisper.tokenizer import Tokenizer
+from faster_whisper.transcribe import Segment
+
+from stt_engine.audio import DecodedAudio
+from stt_engine.config import Settings
+from stt_engine.engine.assemble import final_segments, join_segments, segment_separator, tidy_text, transcript
+from stt_engine.engine.decode import WindowDecoder
+from stt_engine.engine.job import Job, Stream, Transcript
+from stt_engine.engine.prepare import prepare
+from stt_engine.models import ResolvedModel
+from stt_engine.options import DEFAULT_TEMPERATURES, TranscribeOptions
+
+__all__ = [
+    "DEFAULT_TEMPERATURES", "Engine", "Job", "Segment", "Stream", "TranscribeOptions", "Transcript",
+    "join_segments", "resolve_compute_type", "resolve_device", "segment_separator", "tidy_text",
+]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(setting: str) -> str:
+    """`auto` means CUDA when CTranslate2 sees a usable GPU, else CPU."""
+    if setting != "auto":
+        return setting
+    try:
+        return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    except Exception:  # a broken CUDA install must not stop a CPU server
+        return "cpu"
+
+
+def resolve_compute_type(setting: str, device: str) -> str:
+    if setting != "auto":
+        return setting
+    return "float16" if device == "cuda" else "int8"
+
+
+def resolve_batch_size(setting: int, device: str) -> int:
+    """On a GPU, batching windows is where the speed comes from. On CPU `stt-engine bench` measured no throughput
+    gain from batches with single-thread workers, only later results and more memory: one window per call."""
+    if setting:
+        return setting
+    return 8 if device == "cuda" else 1
+
+
+def resolve_workers(settings: Settings, device: str) -> tuple[int, int]:
+    """(model workers, threads per worker). On CPU, one single-thread worker per core beats one wide worker."""
+    cores = os.cpu_count() or 1
+    if device == "cuda":
+        return settings.whisper_num_workers or 1, settings.whisper_cpu_threads or 4
+    workers = settings.whisper_num_workers or cores
+    threads = settings.whisper_cpu_threads or max(1, cores // workers)
+    return workers, threads
+
+
+class Engine:
+    """A loaded Whisper model and the steps of decoding. Thread-safe: CTranslate2 runs `workers` calls at once."""
+
+    def __init__(self, model: ResolvedModel, settings: Settings) -> None:
+        self.resolved = model
+        self.device = resolve_device(settings.whisper_device)
+        self.compute_type = resolve_compute_type(settings.whisper_compute_type, self.device)
+        self.workers, self.threads = resolve_workers(settings, self.device)
+        self.batch_size = resolve_batch_size(settings.whisper_batch_size, self.device)
+        started = time.perf_counter()
+        self.model = WhisperModel(
+            str(model.path),
+            device=self.device,
+            device_index=settings.whisper_device_index,
+            compute_type=self.compute_type,
+            cpu_threads=self.threads,
+            num_workers=self.workers,
+            local_files_only=True,
+        )
+        self.load_seconds = time.perf_counter() - started
+        self.multilingual = self.model.model.is_multilingual
+        self.supported_languages = frozenset(self.model.supported_languages)
+        self._tokenizers: dict[tuple[str, str | None], Tokenizer] = {}
+        self._tokenizer_lock = threading.Lock()
+        self._decoder = WindowDecoder(self.model, self.tokenizer)
+        log.info(
+            "model loaded: %s (%s) device=%s compute_type=%s workers=%d threads=%d batch=%d in %.1fs",
+            model.name, model.path, self.device, self.compute_type, self.workers, self.threads, self.batch_size,
+            self.load_seconds,
+        )
+
+    @property
+    def parallelism(self) -> int:
+        """How many windows can be decoded at once: what one long request should be cut into to use them all."""
+        return self.workers * self.batch_size
+
+    def prepare(self, audio: DecodedAudio, options: TranscribeOptions) -> Job:
+        """VAD and sections: CPU work that runs off the event loop, outside the model workers."""
+        if not self.multilingual:
+            options = replace(options, language="en")
+        return prepare(audio.samples, audio.duration, options, self.parallelism)
+
+    def batch_key(self, job: Job) -> Hashable:
+        """Windows with equal keys may share one `generate` call: every option but the language (whose token is
+        set per window) changes how a window is decoded."""
+        return replace(job.options, language=None)
+
+    def decode(self, streams: Sequence[Stream]) -> None:
+        """Decode the next window of each stream (equal batch keys) in one batch; each stream advances."""
+        self._decoder.decode(streams)
+
+    def tokenizer(self, language: str | None, task: str) -> Tokenizer:
+        key = (task, language)
+        with self._tokenizer_lock:
+            if key not in self._tokenizers:
+                self._tokenizers[key] = Tokenizer(
+                    self.model.hf_tokenizer, self.multilingual, task=task, language=language or "en"
+                )
+            return self._tokenizers[key]
+
+    @staticmethod
+    def final_segments(job: Job) -> list[Segment]:
+        return final_segments(job)
+
+    @staticmethod
+    def transcript(job: Job) -> Transcript:
+        return transcript(job)

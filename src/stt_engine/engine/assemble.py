@@ -1,0 +1,90 @@
+"""Step 3, segments -> transcript: streams' segments in order, on the original audio's timeline, tidied and joined.
+
+`final_segments` may run while a job is still decoding: the segments of the streams that are done, up to the first
+that is not, are final and never change. Streaming responses send those as they come; the transcript at the end is
+built from the same function, so what was streamed is what is returned.
+"""
+
+from __future__ import annotations
+
+from faster_whisper.transcribe import Segment, Word
+from faster_whisper.vad import SpeechTimestampsMap
+
+from stt_engine.audio import SAMPLE_RATE
+from stt_engine.engine.job import Job, Transcript
+
+NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "yue"})
+
+
+def final_segments(job: Job) -> list[Segment]:
+    """The segments of the leading streams that are fully decoded, in order, mapped to the original timeline."""
+    raw: list[dict] = []
+    for stream in job.streams:
+        if not stream.done:
+            break
+        for segment in stream.segments:
+            raw.append(_shifted(segment, stream.offset))
+    ts_map = SpeechTimestampsMap(job.speech, SAMPLE_RATE) if job.speech else None
+    out: list[Segment] = []
+    for seg in raw:
+        text = tidy_text(seg["text"])
+        if not text:
+            continue
+        words = [Word(**w) for w in seg["words"]] if job.options.word_timestamps and seg.get("words") else None
+        start, end = seg["start"], seg["end"]
+        if ts_map is not None:
+            if words:
+                for word in words:
+                    index = ts_map.get_chunk_index((word.start + word.end) / 2)
+                    word.start = ts_map.get_original_time(word.start, index)
+                    word.end = ts_map.get_original_time(word.end, index)
+                start, end = words[0].start, words[-1].end
+            else:
+                start, end = ts_map.get_original_time(start), ts_map.get_original_time(end, is_end=True)
+        end = min(max(end, start), round(job.duration, 3))
+        out.append(
+            Segment(
+                id=len(out), seek=seg["seek"], start=round(start, 3), end=round(end, 3), text=text,
+                tokens=seg["tokens"], avg_logprob=seg["avg_logprob"], compression_ratio=seg["compression_ratio"],
+                no_speech_prob=seg["no_speech_prob"], words=words, temperature=seg["temperature"],
+            )
+        )
+    return out
+
+
+def _shifted(segment: dict, offset: float) -> dict:
+    """A stream's segment (times from the stream's start) on the job's speech timeline."""
+    shifted = dict(segment, start=segment["start"] + offset, end=segment["end"] + offset)
+    if segment.get("words"):
+        shifted["words"] = [dict(w, start=w["start"] + offset, end=w["end"] + offset) for w in segment["words"]]
+    return shifted
+
+
+def transcript(job: Job) -> Transcript:
+    """The whole result of a finished job. A request without speech reports no language unless it asked for one:
+    a language 'detected' from music or noise would be a guess."""
+    segments = final_segments(job)
+    language = job.language if segments else job.options.language
+    return Transcript(
+        text=join_segments(segments, language),
+        language=language,
+        language_probability=job.language_probability if segments and language else 0.0,
+        duration=job.duration,
+        duration_after_vad=job.duration_after_vad,
+        segments=segments,
+        task=job.options.task,
+    )
+
+
+def tidy_text(text: str) -> str:
+    """Collapse whitespace; segments never start with a space (Whisper emits one before most tokens)."""
+    return " ".join(text.split())
+
+
+def segment_separator(language: str | None) -> str:
+    """Chinese and Japanese put no space between sentences; every other language (Korean too) does."""
+    return "" if language in NO_SPACE_LANGUAGES else " "
+
+
+def join_segments(segments: list[Segment], language: str | None) -> str:
+    return segment_separator(language).join(s.text for s in segments).strip()

@@ -1,0 +1,199 @@
+"""Scheduler policy with a stand-in engine: fairness, priorities, batch keys, failures, shutdown, timeouts.
+
+The stand-in is fine here: this is the scheduler's policy, not the path a user's audio takes (that is tested with
+the real model everywhere else). Its 'windows' are sections of silence that it marks decoded, recording each batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from stt_engine.audio import SAMPLE_RATE, DecodedAudio
+from stt_engine.engine import Job, Stream, Transcript
+from stt_engine.engine.job import HOP
+from stt_engine.errors import RequestTimeout, ShuttingDown, TranscriptionFailed
+from stt_engine.options import TranscribeOptions
+from stt_engine.scheduler import Priority, Scheduler
+from stt_engine.scheduler.policy import Candidate, Turn, fair_share, pick_batch
+
+EN = TranscribeOptions(language="en")
+
+
+class StandInEngine:
+    """Each stream is one window per `window_s`; decoding a window sleeps `delay` and records who was in the batch."""
+
+    def __init__(self, workers: int = 1, batch_size: int = 1, delay: float = 0.01, window_s: float = 30.0) -> None:
+        self.workers, self.batch_size, self.delay, self.window_s = workers, batch_size, delay, window_s
+        self.batches: list[list[tuple[str, int]]] = []
+        self.fail_on: set[str] = set()
+        self.gate = threading.Event()
+        self.gate.set()
+        self._lock = threading.Lock()
+
+    def prepare(self, audio: DecodedAudio, options: TranscribeOptions) -> Job:
+        job = Job(options=options, samples=audio.samples, duration=audio.duration,
+                  speech=[{"start": 0, "end": len(audio.samples)}], language=options.language)
+        job.name = audio.source_format  # type: ignore[attr-defined]
+        step = int(self.window_s * SAMPLE_RATE)
+        job.streams = [Stream(job, i, a, min(a + step, len(audio.samples)))
+                       for i, a in enumerate(range(0, len(audio.samples), step))]
+        return job
+
+    def batch_key(self, job: Job) -> Hashable:
+        return replace(job.options, language=None)
+
+    def decode(self, streams: Sequence[Stream]) -> None:
+        self.gate.wait()
+        names = [(s.job.name, s.index) for s in streams]  # type: ignore[attr-defined]
+        with self._lock:
+            self.batches.append(names)
+        time.sleep(self.delay)
+        if any(name in self.fail_on for name, _ in names):
+            raise RuntimeError("secret internal detail")
+        for stream in streams:
+            if stream.job.language is None:
+                stream.job.language = "en"
+            stream.seek = stream.frames
+
+    def final_segments(self, job: Job) -> list:
+        return []
+
+    def transcript(self, job: Job) -> Transcript:
+        return Transcript(job.name, job.language, 1.0, job.duration, job.duration, [])  # type: ignore[attr-defined]
+
+
+def audio(name: str, seconds: float) -> DecodedAudio:
+    return DecodedAudio(np.zeros(int(seconds * SAMPLE_RATE) + HOP, dtype=np.float32), name, SAMPLE_RATE, 1)
+
+
+def order(engine: StandInEngine) -> list[str]:
+    return [name for batch in engine.batches for name, _ in batch]
+
+
+async def test_round_robin_lets_a_short_request_pass_a_long_one() -> None:
+    engine = StandInEngine(workers=1)
+    engine.gate.clear()
+    scheduler = Scheduler(engine, max_queue_seconds=10_000)
+    long = asyncio.ensure_future(scheduler.transcribe(audio("long", 600), EN))  # 20 windows
+    await asyncio.sleep(0.2)
+    short = asyncio.ensure_future(scheduler.transcribe(audio("short", 10), EN))
+    await asyncio.sleep(0.2)
+    engine.gate.set()
+    await asyncio.gather(long, short)
+    scheduler.close(1)
+    assert order(engine).index("short") <= 2, order(engine)
+
+
+async def test_live_sessions_go_first_and_jobs_last() -> None:
+    engine = StandInEngine(workers=1)
+    engine.gate.clear()
+    scheduler = Scheduler(engine, max_queue_seconds=10_000)
+    job = asyncio.ensure_future(scheduler.transcribe(audio("job", 120), EN, priority=Priority.JOB))
+    await asyncio.sleep(0.1)
+    file = asyncio.ensure_future(scheduler.transcribe(audio("file", 60), EN, priority=Priority.FILE))
+    live = asyncio.ensure_future(scheduler.transcribe(audio("live", 5), EN, priority=Priority.LIVE))
+    await asyncio.sleep(0.2)
+    engine.gate.set()
+    await asyncio.gather(job, file, live)
+    scheduler.close(1)
+    names = order(engine)[1:]  # the first window was taken before the others arrived
+    assert names.index("live") < names.index("file") < len(names) - 1 - names[::-1].index("job"), names
+
+
+async def test_different_options_never_share_a_batch() -> None:
+    engine = StandInEngine(workers=1, batch_size=8)
+    engine.gate.clear()
+    scheduler = Scheduler(engine, batch_wait_ms=50)
+    words = replace(EN, word_timestamps=True)
+    tasks = [asyncio.ensure_future(scheduler.transcribe(audio(f"plain{i}", 5), EN)) for i in range(3)]
+    tasks += [asyncio.ensure_future(scheduler.transcribe(audio(f"words{i}", 5), words)) for i in range(3)]
+    tasks.append(asyncio.ensure_future(scheduler.transcribe(audio("warmup", 5), EN, exclusive=True)))
+    await asyncio.sleep(0.2)
+    engine.gate.set()
+    await asyncio.gather(*tasks)
+    scheduler.close(1)
+    for batch in engine.batches:
+        kinds = {name.rstrip("0123456789") for name, _ in batch}
+        assert len(kinds) == 1, engine.batches
+        assert len(batch) == 1 or "warmup" not in kinds
+    assert max(len(b) for b in engine.batches) >= 2, "compatible requests should have shared a batch"
+
+
+async def test_a_failing_window_fails_only_its_own_request() -> None:
+    engine = StandInEngine(workers=1, batch_size=8)
+    engine.fail_on = {"bad"}
+    engine.gate.clear()
+    scheduler = Scheduler(engine, batch_wait_ms=50)
+    names = ["good1", "bad", "good2", "good3"]
+    tasks = [asyncio.ensure_future(scheduler.transcribe(audio(n, 5), EN)) for n in names]
+    await asyncio.sleep(0.2)
+    engine.gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert max(len(b) for b in engine.batches) >= 2, "the requests should have been batched together"
+    for name, result in zip(names, results):
+        if name == "bad":
+            assert isinstance(result, TranscriptionFailed) and "secret" not in result.message
+        else:
+            assert isinstance(result, Transcript) and result.text == name
+    health = scheduler.stats
+    assert health.workers_alive == 1 and health.retried_batches >= 1
+    scheduler.close(1)
+
+
+async def test_close_answers_every_waiting_request_with_503() -> None:
+    engine = StandInEngine(workers=1, delay=0.2)
+    scheduler = Scheduler(engine, max_queue_seconds=10_000)
+    tasks = [asyncio.ensure_future(scheduler.transcribe(audio(f"r{i}", 120), EN)) for i in range(4)]
+    await asyncio.sleep(0.1)
+    await asyncio.to_thread(scheduler.close, 0.3)
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+    assert all(isinstance(r, ShuttingDown) and r.status == 503 for r in results), results
+    assert scheduler.queued_requests == 0
+
+
+async def test_timeout_runs_from_the_first_decode_not_from_admission() -> None:
+    engine = StandInEngine(workers=1, delay=0.3)
+    engine.gate.clear()
+    scheduler = Scheduler(engine, timeout_base_s=0.8, timeout_rtf=0.0, max_queue_seconds=10_000)
+    blocker = asyncio.ensure_future(scheduler.transcribe(audio("blocker", 5), EN))  # holds the only worker
+    await asyncio.sleep(0.1)
+    patient = asyncio.ensure_future(scheduler.transcribe(audio("patient", 5), EN))
+    await asyncio.sleep(1.2)  # longer than the timeout, but the patient request has not started yet
+    engine.gate.set()
+    with pytest.raises(RequestTimeout):
+        await blocker
+    assert (await patient).text == "patient"
+    slow = asyncio.ensure_future(scheduler.transcribe(audio("slow", 300), EN))  # 10 windows x 0.3 s > 0.8 s
+    with pytest.raises(RequestTimeout):
+        await slow
+    scheduler.close(1)
+
+
+async def test_a_file_that_can_never_fit_is_refused_at_once() -> None:
+    scheduler = Scheduler(StandInEngine(), max_queue_seconds=100)
+    with pytest.raises(Exception) as caught:
+        await scheduler.transcribe(audio("huge", 101), EN)
+    assert caught.value.status == 422 and "MAX_QUEUE_SECONDS" in caught.value.message
+    scheduler.close(1)
+
+
+def test_pick_batch_takes_turns_in_priority_then_service_order() -> None:
+    key = "k"
+    candidates = [Candidate(1, i, key) for i in range(4)] + [Candidate(2, 0, key), Candidate(3, 0, "other")]
+    turns = [Turn(1, 1, last_served=5, seq=1), Turn(2, 1, last_served=-1, seq=2), Turn(3, 2, last_served=9, seq=3)]
+    assert pick_batch(candidates, turns, 4) == [Candidate(3, 0, "other")]  # live first, alone with its key
+    rest = [c for c in candidates if c.ticket != 3]
+    assert pick_batch(rest, turns[:2], 3) == [Candidate(2, 0, key), Candidate(1, 0, key), Candidate(1, 1, key)]
+
+
+def test_fair_share_spreads_one_request_over_idle_workers() -> None:
+    assert fair_share(ready=4, batch_size=8, idle_workers=2) == 2
+    assert fair_share(ready=1, batch_size=8, idle_workers=2) == 1
+    assert fair_share(ready=40, batch_size=8, idle_workers=1) == 8
