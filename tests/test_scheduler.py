@@ -21,7 +21,7 @@ from stt_engine.engine.job import HOP
 from stt_engine.errors import RequestTimeout, ShuttingDown, TranscriptionFailed
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler import Priority, Scheduler
-from stt_engine.scheduler.policy import Candidate, Turn, fair_share, pick_batch
+from stt_engine.scheduler.policy import Candidate, Turn, fair_share, pick_batch, run_solo
 
 EN = TranscribeOptions(language="en")
 
@@ -49,7 +49,7 @@ class StandInEngine:
     def batch_key(self, job: Job) -> Hashable:
         return replace(job.options, language=None)
 
-    def decode(self, streams: Sequence[Stream]) -> None:
+    def decode(self, streams: Sequence[Stream], *, solo: bool = False) -> None:
         self.gate.wait()
         names = [(s.job.name, s.index) for s in streams]  # type: ignore[attr-defined]
         with self._lock:
@@ -191,6 +191,12 @@ def test_pick_batch_takes_turns_in_priority_then_service_order() -> None:
     assert pick_batch(candidates, turns, 4) == [Candidate(3, 0, "other")]  # live first, alone with its key
     rest = [c for c in candidates if c.ticket != 3]
     assert pick_batch(rest, turns[:2], 3) == [Candidate(2, 0, key), Candidate(1, 0, key), Candidate(1, 1, key)]
+
+
+def test_only_a_lone_batch_runs_on_every_core() -> None:
+    assert run_solo(chosen=1, ready=1, busy_workers=0)
+    assert not run_solo(chosen=1, ready=3, busy_workers=0), "others are waiting: leave them the other workers"
+    assert not run_solo(chosen=1, ready=1, busy_workers=1), "another worker is decoding"
 
 
 def test_fair_share_spreads_one_request_over_idle_workers() -> None:

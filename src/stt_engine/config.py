@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     whisper_vad_filter: bool = True
     whisper_condition_on_previous_text: bool = False
     whisper_device_index: int = 0
+    whisper_solo_instance: bool = Field(
+        True, description="On CPU with several workers, a second model instance decodes a lone window on all cores."
+    )
     models_dir: Path = Path("models")
     model_cache_dir: Path | None = Field(None, description="Where the bundled model is assembled.")
     verify_model: bool = Field(True, description="Check model files against manifest.json at start-up.")

@@ -92,16 +92,26 @@ class Engine:
             num_workers=self.workers,
             local_files_only=True,
         )
+        # One request alone would leave all but one single-thread worker idle: a second instance with every core's
+        # thread decodes it instead, as fast as the library. Only on CPU, where the workers are threads of cores.
+        self.solo_threads = self.workers * self.threads
+        self.solo_model = None
+        if self.device == "cpu" and self.workers > 1 and settings.whisper_solo_instance:
+            self.solo_model = WhisperModel(
+                str(model.path), device="cpu", compute_type=self.compute_type, cpu_threads=self.solo_threads,
+                num_workers=1, local_files_only=True,
+            )
         self.load_seconds = time.perf_counter() - started
         self.multilingual = self.model.model.is_multilingual
         self.supported_languages = frozenset(self.model.supported_languages)
         self._tokenizers: dict[tuple[str, str | None], Tokenizer] = {}
         self._tokenizer_lock = threading.Lock()
         self._decoder = WindowDecoder(self.model, self.tokenizer)
+        self._solo_decoder = WindowDecoder(self.solo_model, self.tokenizer) if self.solo_model else None
         log.info(
-            "model loaded: %s (%s) device=%s compute_type=%s workers=%d threads=%d batch=%d in %.1fs",
+            "model loaded: %s (%s) device=%s compute_type=%s workers=%d threads=%d batch=%d solo=%s in %.1fs",
             model.name, model.path, self.device, self.compute_type, self.workers, self.threads, self.batch_size,
-            self.load_seconds,
+            f"{self.solo_threads} threads" if self.solo_model else "off", self.load_seconds,
         )
 
     @property
@@ -120,9 +130,15 @@ class Engine:
         set per window) changes how a window is decoded."""
         return replace(job.options, language=None)
 
-    def decode(self, streams: Sequence[Stream]) -> None:
-        """Decode the next window of each stream (equal batch keys) in one batch; each stream advances."""
-        self._decoder.decode(streams)
+    @property
+    def has_solo(self) -> bool:
+        return self._solo_decoder is not None
+
+    def decode(self, streams: Sequence[Stream], *, solo: bool = False) -> None:
+        """Decode the next window of each stream (equal batch keys) in one batch; each stream advances.
+        `solo`: nothing else is decoding, so use the all-cores instance when there is one."""
+        decoder = self._solo_decoder if solo and self._solo_decoder is not None else self._decoder
+        decoder.decode(streams)
 
     def tokenizer(self, language: str | None, task: str) -> Tokenizer:
         key = (task, language)

@@ -28,7 +28,7 @@ from stt_engine.audio import DecodedAudio
 from stt_engine.engine import Engine, Job, Stream, Transcript
 from stt_engine.errors import AudioTooLong, Overloaded, RequestTimeout, ShuttingDown, STTError, TranscriptionFailed
 from stt_engine.options import TranscribeOptions
-from stt_engine.scheduler.policy import Candidate, Priority, Turn, fair_share, pick_batch
+from stt_engine.scheduler.policy import Candidate, Priority, Turn, fair_share, pick_batch, run_solo
 
 __all__ = ["Priority", "Scheduler", "SchedulerStats"]
 
@@ -277,8 +277,9 @@ class Scheduler:
                 turns.append(Turn(ticket.seq, ticket.priority, ticket.last_served, ticket.seq))
         return candidates, turns, streams
 
-    def _take_batch(self) -> list[Stream] | None:
-        """Wait for ready work, then take this worker's fair share of it as one batch. None: stop."""
+    def _take_batch(self) -> tuple[list[Stream], bool] | None:
+        """Wait for ready work, then take this worker's fair share of it as one batch, and whether it may run on
+        every core (it is all there is to do). None: stop."""
         while True:
             if self._stopping and not self._tickets:
                 return None
@@ -290,7 +291,7 @@ class Scheduler:
             self._cond.wait(timeout=self.batch_wait)  # let concurrent requests join this batch
             candidates, turns, streams = self._ready()
             if not candidates:
-                return []
+                return [], False
         idle = max(1, self.stats.workers_alive - self.stats.busy_workers)
         chosen = pick_batch(candidates, turns, fair_share(len(candidates), self.batch_size, idle))
         now = time.monotonic()
@@ -306,8 +307,9 @@ class Scheduler:
                 del self.stats.queue_wait_seconds[:-1000]
                 ticket.loop.call_soon_threadsafe(_set_started, ticket.started)
             batch.append(stream)
+        solo = run_solo(len(chosen), len(candidates), self.stats.busy_workers)
         self.stats.busy_workers += 1
-        return batch
+        return batch, solo
 
     # --- worker threads ------------------------------------------------------------------------------------
     def _worker(self) -> None:
@@ -317,11 +319,11 @@ class Scheduler:
             while True:
                 try:
                     with self._cond:
-                        batch = self._take_batch()
-                    if batch is None:
+                        taken = self._take_batch()
+                    if taken is None:
                         return
-                    if batch:
-                        self._run(batch)
+                    if taken[0]:
+                        self._run(*taken)
                 except Exception:
                     log.exception("scheduler worker: unexpected error; continuing")
                     time.sleep(0.1)
@@ -331,13 +333,13 @@ class Scheduler:
             if not self._stopping:
                 log.error("scheduler worker %s stopped", threading.current_thread().name)
 
-    def _run(self, batch: list[Stream]) -> None:
+    def _run(self, batch: list[Stream], solo: bool = False) -> None:
         """Decode one batch; a batch that fails is retried window by window, so one bad window fails only its
         own request."""
         started = time.perf_counter()
         failed: list[Stream] = []
         try:
-            self.engine.decode(batch)
+            self.engine.decode(batch, solo=solo)
         except Exception:
             if len(batch) == 1:
                 log.exception("decoding a window failed")

@@ -73,3 +73,8 @@ def pick_batch(candidates: Sequence[Candidate], turns: Sequence[Turn], size: int
             if queues[ticket] and len(batch) < size:
                 batch.append(queues[ticket].pop(0))
     return batch
+
+
+def run_solo(chosen: int, ready: int, busy_workers: int) -> bool:
+    """Whether a batch may use every core: it is all the work there is, and no other worker is decoding."""
+    return chosen == ready and busy_workers == 0

@@ -1,0 +1,112 @@
+"""The engine on real audio with the real model: the temperature fallback, word timings, long prompts, sections."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from stt_engine.audio import SAMPLE_RATE, decode
+from stt_engine.config import Settings
+from stt_engine.engine import Engine, Transcript, decode as decode_step
+from stt_engine.engine.decode import Attempt, choose
+from stt_engine.engine.prepare import plan_sections, quietest_point
+from stt_engine.models import resolve_model
+from stt_engine.options import TranscribeOptions
+from tests.support import SHARED_AUDIO, clip, error_rate
+
+LONG_EN = "en/en_longform_librispeech_librivox_concat.wav"
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    settings = Settings(_env_file=None, whisper_device="cpu", whisper_num_workers=1, whisper_cpu_threads=2)
+    yield Engine(resolve_model(settings), settings)
+
+
+def run(engine: Engine, file: str, options: TranscribeOptions) -> Transcript:
+    """Decode every section of one file in turn, as the scheduler would with one worker."""
+    job = engine.prepare(decode(clip(file).path if (SHARED_AUDIO / file).is_file() else file), options)
+    while not job.finished:
+        for stream in job.streams:
+            if not stream.done:
+                engine.decode([stream])
+    return engine.transcript(job)
+
+
+def test_fallback_chooses_among_all_temperatures_including_the_first(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a log-probability bar no decode can pass, every temperature is tried, and the kept result is the
+    library's choice over all of them: the most probable one, which on clear speech is the T=0 beam search."""
+    tried: list[list[Attempt]] = []
+    original = decode_step.choose
+    monkeypatch.setattr(decode_step, "LOG_PROB_THRESHOLD", 0.0)
+    monkeypatch.setattr(decode_step, "choose", lambda attempts: tried.append(list(attempts)) or original(attempts))
+    result = run(engine, "en/jfk.flac", TranscribeOptions(language="en"))
+    attempts = tried[0]
+    assert [a.temperature for a in attempts] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    best = max(attempts, key=lambda a: a.avg_logprob)
+    assert best is attempts[0], "on clear speech the beam-search result is the most probable"
+    assert error_rate(result.text, clip("en/jfk.flac")) == 0.0, result.text
+    assert result.segments[0].temperature == 1.0, "reported with the last temperature tried, as the library does"
+
+
+def test_choose_is_the_librarys_rule() -> None:
+    class Result:
+        no_speech_prob = 0.0
+
+    def attempt(logprob: float, ratio: float, temperature: float) -> Attempt:
+        return Attempt(Result(), logprob, temperature, ratio)  # type: ignore[arg-type]
+
+    good = attempt(-0.5, 1.5, 0.2)
+    assert choose([attempt(-1.5, 1.5, 0.0), good]) is good
+    repetitive_but_likely, plain = attempt(-0.2, 3.0, 0.0), attempt(-1.2, 1.5, 0.2)
+    chosen = choose([repetitive_but_likely, plain, attempt(-1.4, 1.6, 0.4)])
+    assert chosen.result is plain.result and chosen.temperature == 0.4
+
+
+def test_word_timestamps_never_change_the_text(engine: Engine) -> None:
+    if not (SHARED_AUDIO / LONG_EN).is_file():
+        pytest.skip(f"{LONG_EN} is only in ../shared/audio")
+    plain = run(engine, LONG_EN, TranscribeOptions(language="en"))
+    words = run(engine, LONG_EN, TranscribeOptions(language="en", word_timestamps=True))
+    assert words.text == plain.text
+    timed = [w for s in words.segments for w in s.words or []]
+    assert timed and all(s.start <= w.start <= w.end <= s.end + 0.01 for s in words.segments for w in s.words)
+
+
+def test_long_prompt_and_hotwords_are_cut_like_whispers(engine: Engine) -> None:
+    cjk = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(2000))
+    options = TranscribeOptions(language="en", initial_prompt=cjk, hotwords=cjk)
+    result = run(engine, "en/jfk.flac", options)
+    assert "country" in result.text.lower()
+
+
+def test_temperature_above_zero_samples_once(engine: Engine) -> None:
+    result = run(engine, "en/jfk.flac", TranscribeOptions(language="en", temperatures=(0.5,)))
+    assert {s.temperature for s in result.segments} == {0.5}
+
+
+def test_sections_are_cut_in_pauses() -> None:
+    rate = SAMPLE_RATE
+    speech = np.random.default_rng(0).standard_normal(rate * 100).astype(np.float32)
+    speech[int(47.5 * rate): int(48.0 * rate)] = 0.0  # the only pause near the middle
+    bounds = plan_sections(len(speech), [], 2, lambda a, b: quietest_point(speech[max(0, a): b], max(0, a)))
+    assert len(bounds) == 3 and 47.5 * rate <= bounds[1] <= 48.0 * rate
+    assert plan_sections(20 * rate, [], 2, lambda a, b: a) == [0, 20 * rate], "short speech stays whole"
+    joined = plan_sections(200 * rate, [int(95 * rate)], 1, lambda a, b: a)
+    assert int(95 * rate) in joined, "a removed silence near the split is the cut"
+
+
+def test_condition_on_previous_text_decodes_one_section_in_order(engine: Engine) -> None:
+    if not (SHARED_AUDIO / LONG_EN).is_file():
+        pytest.skip(f"{LONG_EN} is only in ../shared/audio")
+    options = TranscribeOptions(language="en", condition_on_previous_text=True)
+    job = engine.prepare(decode(clip(LONG_EN).path), options)
+    assert len(job.streams) == 1
+    result = run(engine, LONG_EN, options)
+    assert error_rate(result.text, clip(LONG_EN)) < 0.1
+    assert replace(options, language=None) == engine.batch_key(job)
