@@ -37,7 +37,7 @@ class StandInEngine:
         self.gate.set()
         self._lock = threading.Lock()
 
-    def prepare(self, audio: DecodedAudio, options: TranscribeOptions) -> Job:
+    def prepare(self, audio: DecodedAudio, options: TranscribeOptions, streamed: bool = False) -> Job:
         job = Job(options=options, samples=audio.samples, duration=audio.duration,
                   speech=[{"start": 0, "end": len(audio.samples)}], language=options.language)
         job.name = audio.source_format  # type: ignore[attr-defined]

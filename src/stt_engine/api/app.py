@@ -42,7 +42,7 @@ async def warm_up(scheduler: Scheduler) -> None:
     noise = (np.random.default_rng(0).standard_normal(SAMPLE_RATE) * 0.01).astype(np.float32)
     options = TranscribeOptions(language="en", vad_filter=False, temperatures=(0.0,))
     await scheduler.transcribe(
-        DecodedAudio(noise, "warmup", SAMPLE_RATE, 1), options, priority=Priority.LIVE, exclusive=True
+        DecodedAudio(noise, "warmup", SAMPLE_RATE, 1), options, priority=Priority.LIVE, exclusive=True, timed=False
     )
 
 

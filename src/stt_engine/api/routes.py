@@ -8,8 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from stt_engine.api.transcription import transcribe_upload
+from stt_engine.api.transcription import stream_upload, transcribe_upload
 from stt_engine.errors import InvalidRequest, NotReady
+from stt_engine.engine import Transcript
 from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render
 from stt_engine.options import build_options
 from stt_engine.metrics import CONTENT_TYPE
@@ -97,23 +98,33 @@ async def transcribe(
     word_timestamps: Annotated[bool, Form()] = False,
     postprocess: Annotated[str | None, Form(description="correct | summarize | minutes | custom")] = None,
     postprocess_prompt: Annotated[str | None, Form(description="Instruction for postprocess=custom")] = None,
-) -> JSONResponse:
+    stream: Annotated[bool, Form(description="Server-Sent Events: text deltas as segments become final")] = False,
+) -> Response:
     settings = request.app.state.settings
     options = build_options(
         settings, _languages(request), language=language, task=task, prompt=prompt, hotwords=hotwords,
         word_timestamps=word_timestamps,
     )
+    if stream:
+        _no_postprocess_when_streaming(postprocess)
+        return await stream_upload(request, file, options, final=lambda t: {"success": True, **_original_body(t)})
     result = await transcribe_upload(
         request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt
     )
-    t = result.transcript
-    body: dict[str, Any] = {
-        "success": True,
+    body: dict[str, Any] = {"success": True, **_original_body(result.transcript)}
+    body["processing_time"] = round(result.processing_seconds, 3)
+    if result.postprocess is not None:
+        body["postprocess"] = result.postprocess
+    return JSONResponse(body)
+
+
+def _original_body(t: Transcript) -> dict[str, Any]:
+    """The original contract's fields for a transcript (beyond `success`)."""
+    return {
         "text": t.text,
         "language": t.language,
         "language_probability": round(t.language_probability, 4),
         "duration": round(t.duration, 3),
-        "processing_time": round(result.processing_seconds, 3),
         "segments": [
             {"start": float(s.start), "end": float(s.end), "text": s.text}
             | ({"words": [{"word": w.word.strip(), "start": float(w.start), "end": float(w.end)} for w in s.words]}
@@ -121,9 +132,13 @@ async def transcribe(
             for s in t.segments
         ],
     }
-    if result.postprocess is not None:
-        body["postprocess"] = result.postprocess
-    return JSONResponse(body)
+
+
+def _no_postprocess_when_streaming(postprocess: str | None) -> None:
+    if postprocess:
+        raise InvalidRequest(
+            "postprocess needs the whole transcript and cannot be combined with stream=true.", param="postprocess"
+        )
 
 
 # --- OpenAI audio API -----------------------------------------------------------------------------------
@@ -150,6 +165,7 @@ async def _openai_audio(
     hotwords: str | None,
     postprocess: str | None,
     postprocess_prompt: str | None,
+    stream: bool = False,
 ) -> Response:
     fmt = _parse_format(response_format)
     granularities = [g for item in (granularities or []) for g in item.split(",") if g.strip()]
@@ -164,6 +180,9 @@ async def _openai_audio(
         request.app.state.settings, _languages(request), language=language, task=task, prompt=prompt,
         temperature=temperature, word_timestamps=words, hotwords=hotwords,
     )
+    if stream:
+        _no_postprocess_when_streaming(postprocess)
+        return await stream_upload(request, file, options, final=lambda t: {})
     result = await transcribe_upload(
         request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt
     )
@@ -193,10 +212,11 @@ async def openai_transcriptions(
     hotwords: Annotated[str | None, Form()] = None,
     postprocess: Annotated[str | None, Form()] = None,
     postprocess_prompt: Annotated[str | None, Form()] = None,
+    stream: Annotated[bool, Form(description="Server-Sent Events in OpenAI's shape, for any model")] = False,
 ) -> Response:
     return await _openai_audio(
         request, "transcribe", file, language, prompt, response_format, temperature, timestamp_granularities,
-        hotwords, postprocess, postprocess_prompt,
+        hotwords, postprocess, postprocess_prompt, stream,
     )
 
 

@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request, UploadFile
+from fastapi.responses import StreamingResponse
+from faster_whisper.transcribe import Segment
 from starlette.concurrency import run_in_threadpool
 
 from stt_engine import audio as audio_mod
 from stt_engine.config import Settings
-from stt_engine.engine import Transcript
+from stt_engine.api.errors import error_body
+from stt_engine.audio import DecodedAudio
+from stt_engine.engine import Transcript, segment_separator
 from stt_engine.errors import InvalidRequest, NotReady, PayloadTooLarge, STTError
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler import Scheduler
@@ -69,6 +74,23 @@ async def _wait_for_disconnect(request: Request) -> None:
             return
 
 
+async def receive_audio(request: Request, upload: UploadFile | None) -> DecodedAudio:
+    """Check that the request can be served, then store and decode its upload (bounded by the settings)."""
+    settings: Settings = request.app.state.settings
+    scheduler: Scheduler | None = request.app.state.scheduler
+    if upload is None or isinstance(upload, str):
+        raise InvalidRequest(
+            "'file' is required: send the audio as the multipart form field 'file'.", param="file", code="missing_file"
+        )
+    if scheduler is None:
+        raise NotReady("The model is still loading; retry in a few seconds.", headers={"Retry-After": "5"})
+    scheduler.admit(0.0)  # a full queue answers 429 before we spend time decoding
+    async with stored_upload(upload, settings) as path:
+        decoded = await run_in_threadpool(audio_mod.decode, path, max_seconds=settings.max_audio_seconds)
+    request.state.audio_seconds = decoded.duration
+    return decoded
+
+
 async def transcribe_upload(
     request: Request,
     upload: UploadFile | None,
@@ -78,24 +100,13 @@ async def transcribe_upload(
     postprocess_prompt: str | None = None,
 ) -> TranscriptionResult:
     """The whole path of one request's audio. Raises `STTError`s that the app renders in the route's shape."""
-    settings: Settings = request.app.state.settings
-    scheduler: Scheduler | None = request.app.state.scheduler
-    if upload is None or isinstance(upload, str):
-        raise InvalidRequest(
-            "'file' is required: send the audio as the multipart form field 'file'.", param="file", code="missing_file"
-        )
-    if scheduler is None:
-        raise NotReady("The model is still loading; retry in a few seconds.", headers={"Retry-After": "5"})
     if postprocess:
         request.app.state.postprocessor.validate(postprocess, postprocess_prompt)  # fail before any decoding
-
     started = time.perf_counter()
-    scheduler.admit(0.0)  # a full queue answers 429 before we spend time decoding
-    async with stored_upload(upload, settings) as path:
-        decoded = await run_in_threadpool(audio_mod.decode, path, max_seconds=settings.max_audio_seconds)
-    request.state.audio_seconds = decoded.duration
-
+    decoded = await receive_audio(request, upload)
+    scheduler: Scheduler = request.app.state.scheduler
     work = asyncio.ensure_future(scheduler.transcribe(decoded, options))
+    del decoded  # the scheduler holds the samples only until its sections are decoded
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -108,15 +119,84 @@ async def transcribe_upload(
         log.info("client disconnected; its transcription was dropped")
         raise STTError("Client disconnected.", status=499, code="client_closed_request")
     transcript = work.result()
-    elapsed = time.perf_counter() - started
-    request.state.processing_seconds = elapsed  # the access log and metrics middleware read these
-    request.state.queue_wait_seconds = transcript.queue_wait_seconds
-    if settings.log_transcripts:
-        log.info("transcript: %s", transcript.text, extra={"transcript": transcript.text})
-    result = TranscriptionResult(transcript, elapsed)
+    result = TranscriptionResult(transcript, _finished(request, transcript, started))
     if postprocess:
         result.postprocess = await _postprocess(request, transcript, postprocess, postprocess_prompt)
     return result
+
+
+def _finished(request: Request, transcript: Transcript, started: float) -> float:
+    """Record a finished transcription for the access log and metrics; its processing time."""
+    elapsed = time.perf_counter() - started
+    request.state.processing_seconds = elapsed  # the access log and metrics middleware read these
+    request.state.queue_wait_seconds = transcript.queue_wait_seconds
+    if request.app.state.settings.log_transcripts:
+        log.info("transcript: %s", transcript.text, extra={"transcript": transcript.text})
+    return elapsed
+
+
+async def stream_upload(
+    request: Request, upload: UploadFile | None, options: TranscribeOptions, *, final: Callable[[Transcript], dict]
+) -> StreamingResponse:
+    """`stream=true`: Server-Sent Events in OpenAI's shape. A `transcript.text.delta` for each run of segments as
+    it becomes final (a request's sections are decoded in order, so the first arrive early), then
+    `transcript.text.done` with the whole text, extended by `final(transcript)`. Bad input is refused before the
+    stream starts, with the route's usual error; an error after that ends the stream with an `error` event.
+    The deltas concatenate to the done text."""
+    started = time.perf_counter()
+    decoded = await receive_audio(request, upload)
+    scheduler: Scheduler = request.app.state.scheduler
+    loop = asyncio.get_running_loop()
+    arrived: asyncio.Queue[tuple[list[Segment], str | None]] = asyncio.Queue()
+
+    def on_segments(segments: list[Segment], language: str | None) -> None:
+        loop.call_soon_threadsafe(arrived.put_nowait, (segments, language))
+
+    work = asyncio.ensure_future(scheduler.transcribe(decoded, options, on_segments=on_segments))
+    del decoded
+    request_id = getattr(request.state, "request_id", None)
+
+    async def events() -> AsyncIterator[str]:
+        sent = ""
+        try:
+            while True:
+                getter = asyncio.ensure_future(arrived.get())
+                await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    if arrived.empty():
+                        break
+                    continue
+                segments, language = getter.result()
+                delta = _delta(sent, segments, language)
+                sent += delta
+                if delta:
+                    yield _sse({"type": "transcript.text.delta", "delta": delta})
+            transcript = work.result()
+            _finished(request, transcript, started)
+            yield _sse({"type": "transcript.text.done", "text": transcript.text, **final(transcript)})
+        except STTError as exc:
+            yield _sse({"type": "error", "error": error_body("/v1/", exc, request_id)["error"]})
+        except Exception:
+            log.exception("a streamed transcription failed")
+            failed = STTError("Transcription failed; the server log has the details under this request's id.")
+            yield _sse({"type": "error", "error": error_body("/v1/", failed, request_id)["error"]})
+        finally:
+            if not work.done():
+                work.cancel()
+                log.info("client disconnected; its streamed transcription was dropped")
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _delta(sent: str, segments: list[Segment], language: str | None) -> str:
+    """The text these segments add to what was sent, joined as the final transcript joins segments."""
+    text = segment_separator(language).join(s.text for s in segments)
+    return text if not sent else segment_separator(language) + text
+
+
+def _sse(event: dict[str, Any]) -> str:
+    return f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
 
 
 async def _postprocess(request: Request, transcript: Transcript, task: str, prompt: str | None) -> dict[str, Any]:

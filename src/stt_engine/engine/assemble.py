@@ -1,7 +1,8 @@
 """Step 3, segments -> transcript: streams' segments in order, on the original audio's timeline, tidied and joined.
 
-`final_segments` may run while a job is still decoding: the segments of the streams that are done, up to the first
-that is not, are final and never change. Streaming responses send those as they come; the transcript at the end is
+`final_segments` may run while a job is still decoding: a window's segments are final once it is decoded (the next
+window starts where they end), so the segments of the leading finished streams and those decoded so far of the first
+unfinished one never change. Streaming responses send those as they come; the transcript at the end is
 built from the same function, so what was streamed is what is returned.
 """
 
@@ -17,13 +18,13 @@ NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "yue"})
 
 
 def final_segments(job: Job) -> list[Segment]:
-    """The segments of the leading streams that are fully decoded, in order, mapped to the original timeline."""
+    """The final segments, in order, mapped to the original timeline."""
     raw: list[dict] = []
     for stream in job.streams:
-        if not stream.done:
+        done = stream.done
+        raw.extend(_shifted(segment, stream.offset) for segment in list(stream.segments))
+        if not done:
             break
-        for segment in stream.segments:
-            raw.append(_shifted(segment, stream.offset))
     ts_map = SpeechTimestampsMap(job.speech, SAMPLE_RATE) if job.speech else None
     out: list[Segment] = []
     for seg in raw:

@@ -52,8 +52,8 @@ class Stream:
 
     @property
     def frames(self) -> int:
-        """faster-whisper's `content_frames` for this audio: one frame per 10 ms, plus the padding frame."""
-        return (self.end - self.start) // HOP + 1
+        """faster-whisper's `content_frames` for this audio: one feature frame per 10 ms."""
+        return (self.end - self.start) // HOP
 
     @property
     def offset(self) -> float:

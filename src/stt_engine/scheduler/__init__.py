@@ -34,7 +34,7 @@ __all__ = ["Priority", "Scheduler", "SchedulerStats"]
 
 log = logging.getLogger(__name__)
 
-SegmentsCallback = Callable[[list[Segment]], None]
+SegmentsCallback = Callable[[list[Segment], str | None], None]  # newly final segments, the job's language
 
 
 @dataclass
@@ -161,11 +161,13 @@ class Scheduler:
         priority: int = Priority.FILE,
         on_segments: SegmentsCallback | None = None,
         exclusive: bool = False,
+        timed: bool = True,
     ) -> Transcript:
         """Queue `audio` and wait for its transcript. Cancelling the awaiting task drops the queued work.
 
         `on_segments` is called from a worker thread with each run of newly final segments, in order (for
-        streaming responses); `exclusive` keeps the request out of other requests' batches (the warm-up).
+        streaming responses); `exclusive` keeps the request out of other requests' batches and `timed=False` spares
+        it the request timeout (the warm-up, which must finish however short the timeout is set).
         """
         self.admit(audio.duration)
         loop = asyncio.get_running_loop()
@@ -179,15 +181,17 @@ class Scheduler:
             self._queued_seconds += audio.duration
             self.stats.submitted += 1
         try:
-            job = await loop.run_in_executor(self._prep, self.engine.prepare, audio, options)
+            job = await loop.run_in_executor(
+                self._prep, self.engine.prepare, audio, options, on_segments is not None
+            )
             self._enqueue(ticket, job)
             await asyncio.wait({ticket.started, ticket.future}, return_when=asyncio.FIRST_COMPLETED)
-            timeout = self.timeout_for(audio.duration)
+            timeout = self.timeout_for(audio.duration) if timed else None
             try:
                 return await asyncio.wait_for(asyncio.shield(ticket.future), timeout)
             except asyncio.TimeoutError:
                 raise RequestTimeout(
-                    f"Transcription did not finish within {timeout:.0f} s of its start (REQUEST_TIMEOUT_BASE_S + "
+                    f"Transcription did not finish within {timeout or 0:.0f} s of its start (REQUEST_TIMEOUT_BASE_S + "
                     f"REQUEST_TIMEOUT_RTF x {audio.duration:.0f} s of audio)."
                 ) from None
         except asyncio.CancelledError:
@@ -407,7 +411,7 @@ class Scheduler:
                 return
             ticket.job.emitted = len(segments)
             try:
-                ticket.on_segments(fresh)
+                ticket.on_segments(fresh, ticket.job.language)
             except Exception:
                 log.exception("a streaming callback failed")
 
