@@ -297,7 +297,8 @@ def long_clip_rows(model: Any, server: ServerProcess, clips: list[Clip], audio: 
     return rows
 
 
-def fairness_row(server: ServerProcess, long_clip: Clip, short_clip: Clip, payloads: dict[str, bytes]) -> dict[str, Any]:
+def fairness_row(server: ServerProcess, long_clip: Clip, short_clip: Clip,
+                 payloads: dict[str, bytes]) -> dict[str, Any]:
     """A short clip's latency alone, and while the long clip is being transcribed (sent 1 s after it)."""
     _, alone = _timed(lambda: server.transcribe(short_clip, payloads[short_clip.name], short_clip.language))
     with ThreadPoolExecutor(max_workers=1) as pool:

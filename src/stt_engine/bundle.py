@@ -157,7 +157,7 @@ def write_checksums(root: Path) -> Path:
 
 
 def install_script() -> str:
-    """The `install.sh` shipped in every bundle (bash; RHEL 8 has it). It is static: `bundle.env` says what to install."""
+    """The `install.sh` shipped in every bundle (bash; RHEL 8 has it); static: `bundle.env` says what to install."""
     return resources.files("stt_engine").joinpath("offline/install.sh").read_text(encoding="utf-8")
 
 

@@ -7,9 +7,10 @@ between these servers: the base URL written with or without ``/v1``, vLLM's erro
 model discovery through ``/v1/models`` with the context size under its several names, and a time budget: every call,
 retries and a whole stream included, ends within `timeout_s`.
 
-Every request goes through `_call` (one answer) or `_stream` (an SSE stream); a limit on what a server may send
-belongs there. The SDK client is created lazily for the running event loop, so one `LLMClient` can be built at
-start-up and used from whichever loop serves requests (tests run several loops).
+Every request goes through `_call` (one answer) or `_stream` (an SSE stream), and every byte through the HTTP client
+that `_new_sdk` gives the SDK: a limit on what a server may send fits there, in one place. An SDK client belongs to
+one event loop, so one `LLMClient` can be built at start-up and used from whichever loop serves requests (tests run
+several loops).
 """
 
 from __future__ import annotations
@@ -235,8 +236,8 @@ class LLMClient:
             except RuntimeError:
                 pass
 
-    def _error(self, exc: BaseException, path: str) -> LLMError:
-        """Our `LLMError` for whatever the SDK (or the time budget) raised."""
+    def _error(self, exc: BaseException, path: str, limit: float | None = None) -> LLMError:
+        """Our `LLMError` for whatever the SDK (or the time budget of `limit` seconds) raised."""
         url = self.url(path)
         if isinstance(exc, openai.APIStatusError):
             # The SDK has read the body: our parser knows vLLM's envelopes and names the setting to check.
@@ -245,7 +246,7 @@ class LLMClient:
         if isinstance(exc, openai.APITimeoutError) and type(exc.__cause__).__name__ == "ConnectTimeout":
             return LLMUnreachable(f"Could not connect to the LLM server at {url} within {self.connect_timeout_s:g} s")
         if isinstance(exc, (openai.APITimeoutError, TimeoutError)):
-            return LLMTimeout(f"The LLM server at {url} did not answer within {self.timeout_s:g} s")
+            return LLMTimeout(f"The LLM server at {url} did not answer within {limit or self.timeout_s:g} s")
         if isinstance(exc, openai.APIConnectionError):
             cause = exc.__cause__
             reason = (str(cause) or type(cause).__name__) if cause is not None else exc.message
@@ -262,9 +263,10 @@ class LLMClient:
             async with asyncio.timeout(limit + self.connect_timeout_s):
                 return _as_dict(await request())
         except (openai.OpenAIError, TimeoutError) as exc:
-            raise self._error(exc, path) from exc
+            raise self._error(exc, path, limit) from exc
 
-    async def _json(self, path: str, request: Callable[[], Awaitable[Any]], *, timeout_s: float | None = None) -> Payload:
+    async def _json(self, path: str, request: Callable[[], Awaitable[Any]], *,
+                    timeout_s: float | None = None) -> Payload:
         """`_call` for endpoints that answer a JSON object, which may still be an error envelope."""
         payload = await self._call(path, request, timeout_s=timeout_s)
         if not isinstance(payload, dict):
