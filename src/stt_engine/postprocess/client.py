@@ -242,7 +242,7 @@ class LLMClient:
         if isinstance(exc, openai.APIStatusError):
             # The SDK has read the body: our parser knows vLLM's envelopes and names the setting to check.
             response = exc.response
-            return error_from_response(response.status_code, response.content, dict(response.headers), url)
+            return error_from_response(response.status_code, response.content, url)
         if isinstance(exc, openai.APITimeoutError) and type(exc.__cause__).__name__ == "ConnectTimeout":
             return LLMUnreachable(f"Could not connect to the LLM server at {url} within {self.connect_timeout_s:g} s")
         if isinstance(exc, (openai.APITimeoutError, TimeoutError)):
