@@ -5,28 +5,22 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import jiwer
+
+from stt_engine import textnorm
+from stt_engine.textnorm import normalize  # noqa: F401  (tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_AUDIO = REPO.parent / "shared" / "audio"
-CJK = {"ko", "zh", "ja"}
-_EN_NUMBERS = dict(enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen twenty".split()
-))
-_EN_NUMBERS = {str(k): v for k, v in _EN_NUMBERS.items()}
 
 
 @dataclass(frozen=True)
@@ -56,32 +50,9 @@ def clip(file: str) -> Clip:
     return next(c for c in clips() if c.file == file)
 
 
-def normalize(text: str, language: str) -> str:
-    """Case, punctuation and spacing folded; CJK keeps only letters/digits (scored per character)."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = text.replace("mr.", "mister").replace(" mr ", " mister ")
-    text = re.sub(r"^mr ", "mister ", text)
-    text = re.sub(r"[^\w\s']|_", " ", text)
-    text = text.replace("'", "")
-    if language in CJK:
-        return re.sub(r"\s+", "", text)
-    if language == "en":
-        text = re.sub(r"\b\d{1,2}\b", lambda m: _EN_NUMBERS.get(m.group(), m.group()), text)
-    return " ".join(text.split())
-
-
 def error_rate(hypothesis: str, c: Clip) -> float:
     """WER (space-separated languages) or CER (ko, zh, ja), best of reference and reference_alt."""
-    refs = [r for r in (c.reference, c.reference_alt) if r.strip()]
-    hyp = normalize(hypothesis, c.language)
-    rates = []
-    for ref in refs:
-        ref_n = normalize(ref, c.language)
-        if c.language in CJK:
-            rates.append(jiwer.cer(ref_n, hyp) if hyp else 1.0)
-        else:
-            rates.append(jiwer.wer(ref_n, hyp) if hyp else 1.0)
-    return min(rates)
+    return textnorm.error_rate(hypothesis, (c.reference, c.reference_alt), c.language)
 
 
 def free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+import ctranslate2
 import httpx
 import pytest
 
@@ -14,7 +15,10 @@ JFK = SHARED_AUDIO / "en" / "jfk.flac"
 def test_health_reports_model(server: str) -> None:
     body = httpx.get(server + "/health").json()
     assert body["status"] == "ok"
-    assert body["device"] == "cpu" and body["compute_type"] == "int8"
+    # WHISPER_DEVICE=auto: the GPU when there is one (float16), else the CPU (int8)
+    on_gpu = ctranslate2.get_cuda_device_count() > 0
+    assert body["device"] == ("cuda" if on_gpu else "cpu")
+    assert body["compute_type"] == ("float16" if on_gpu else "int8")
     assert "bundled" in body["model"] and body["model_path"]
 
 

@@ -18,6 +18,8 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,29 @@ def _no_network_prefix() -> list[str]:
     pytest.skip("unshare --net is not permitted here (needs root or unprivileged user namespaces)")
 
 
+def _index_url() -> str:
+    """The package index `pip download` will use: PIP_INDEX_URL, pip's configured index-url, else PyPI."""
+    if os.environ.get("PIP_INDEX_URL"):
+        return os.environ["PIP_INDEX_URL"]
+    proc = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+                          capture_output=True, text=True, timeout=60)
+    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else "https://pypi.org/simple"
+
+
+def _require_index() -> None:
+    """Building the bundle downloads every wheel: without the index this test cannot run, so it skips (never fails)."""
+    url = _index_url().rstrip("/") + "/pip/"
+    if url.startswith("file:"):
+        return
+    try:
+        with urllib.request.urlopen(url, timeout=15) as response:
+            response.read(1)
+    except urllib.error.HTTPError:
+        return  # the index answered: reachable
+    except (urllib.error.URLError, OSError) as exc:
+        pytest.skip(f"PyPI cannot be reached ({url}: {exc}); building the offline bundle needs it")
+
+
 def _env(home: Path) -> dict[str, str]:
     """A clean environment: no HF_* or WHISPER_* leaking in from the developer's shell."""
     keep = {k: v for k, v in os.environ.items()
@@ -78,6 +103,7 @@ def _normalise(text: str) -> str:
 
 
 def test_offline_bundle_round_trip(tmp_path: Path) -> None:
+    _require_index()
     no_net = _no_network_prefix()
     env = _env(tmp_path / "home")
     (tmp_path / "home").mkdir()

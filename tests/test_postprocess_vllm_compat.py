@@ -31,7 +31,7 @@ HELLO = [{"role": "user", "content": "Say hello\n\nhello there friend"}]
 
 
 def client_for(url: str, **kwargs: object) -> LLMClient:
-    options: dict[str, object] = {"max_tokens": 32, "backoff_base_s": 0.01, "backoff_max_s": 0.05}
+    options: dict[str, object] = {"max_tokens": 32}
     options.update(kwargs)
     return LLMClient(url, **options)  # type: ignore[arg-type]
 
@@ -39,7 +39,6 @@ def client_for(url: str, **kwargs: object) -> LLMClient:
 def processor_for(url: str, **settings: object) -> PostProcessor:
     processor = PostProcessor.from_settings(Settings(vllm_base_url=url, vllm_max_tokens=64, **settings))  # type: ignore[arg-type]
     assert processor.client is not None
-    processor.client.backoff_base_s = processor.client.backoff_max_s = 0.01
     return processor
 
 
@@ -104,9 +103,12 @@ async def test_retries_5xx_and_429_with_backoff(vllm: VLLMStandIn) -> None:
     assert (await client.chat(HELLO)).text == "hello there friend"
     assert len(vllm.generation_requests()) == 3
     vllm.requests.clear()
-    vllm.behaviour.fail_next, vllm.behaviour.fail_status, vllm.behaviour.retry_after = 1, 429, "0"
+    # Retry-After is honoured: 20 ms instead of the SDK's own backoff (0.5 s, then 1 s)
+    vllm.behaviour.fail_next, vllm.behaviour.fail_status, vllm.behaviour.retry_after = 2, 429, "0.02"
+    started = time.monotonic()
     assert (await client.chat(HELLO)).text == "hello there friend"
-    assert len(vllm.generation_requests()) == 2
+    assert time.monotonic() - started < 0.35
+    assert len(vllm.generation_requests()) == 3
     vllm.requests.clear()
     vllm.behaviour.fail_next, vllm.behaviour.fail_status = 5, 502
     with pytest.raises(LLMServerError):

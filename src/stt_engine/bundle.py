@@ -4,16 +4,22 @@ Built on a connected machine; it holds
 - `wheels/`: this project's wheel and every runtime dependency as binary wheels for the target (default Linux x86_64,
   CPython 3.11, glibc 2.28 as on RHEL 8, i.e. manylinux_2_28 and older), fetched with `pip download`;
 - `models/<name>/`: one plain CTranslate2 model folder with its `manifest.json`;
-- `install.sh`: checks `SHA256SUMS`, makes a virtualenv with `pip install --no-index`, verifies the model, writes
-  `.env` and a systemd unit, and optionally starts the server;
+- `install.sh` (shipped as package data, `stt_engine/offline/install.sh`, linted by shellcheck in the tests): checks
+  `SHA256SUMS`, makes a virtualenv with `pip install --no-index`, verifies the model, writes `.env` and a systemd
+  unit, and optionally starts the server;
+- `bundle.env`: what install.sh installs (requirement, model folder, Python version, CUDA wheels), shell-quoted;
 - `SHA256SUMS` (for `sha256sum -c`) over every file, and `bundle.json` describing the build.
 A `<tarball>.sha256` is written next to the tarball so the carried file itself can be checked first.
 
 The tarball is not compressed by default: model weights and wheels barely shrink, and gzip on 2 GB costs a minute.
+
+The `bundle` subcommand lives here too (`register`), so `models/` never imports this module: the dependency runs one
+way, bundle -> models.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -25,11 +31,13 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib import resources
 from pathlib import Path
 
 from stt_engine import __version__
-from stt_engine.bundle_install import INSTALL_SH
+from stt_engine.config import get_settings
 from stt_engine.errors import STTError
+from stt_engine.models.catalog import DEFAULT_MODEL, lookup
 from stt_engine.models.verify import MANIFEST_NAME, sha256_file, verify_model_dir, write_manifest
 
 log = logging.getLogger(__name__)
@@ -148,15 +156,22 @@ def write_checksums(root: Path) -> Path:
     return target
 
 
-def render_install_script(*, requirement: str, model_name: str | None, python_version: str,
-                          cuda_libs: bool = False) -> str:
-    """The `install.sh` shipped in the bundle (bash; RHEL 8 has it). Everything it does is offline."""
-    return (
-        INSTALL_SH.replace("@REQUIREMENT@", requirement)
-        .replace("@CUDA_LIBS@", " ".join(shlex.quote(r) for r in CUDA_LIB_REQUIREMENTS) if cuda_libs else "")
-        .replace("@MODEL_NAME@", model_name or "")
-        .replace("@PYTHON_VERSION@", python_version)
-    )
+def install_script() -> str:
+    """The `install.sh` shipped in every bundle (bash; RHEL 8 has it); static: `bundle.env` says what to install."""
+    return resources.files("stt_engine").joinpath("offline/install.sh").read_text(encoding="utf-8")
+
+
+def render_bundle_env(*, requirement: str, model_name: str | None, python_version: str, cuda_libs: bool = False) -> str:
+    """`bundle.env`, sourced by install.sh after the checksums passed: plain shell assignments, every value quoted."""
+    values = {
+        "REQUIREMENT": requirement,
+        "MODEL_NAME": model_name or "",
+        "PYTHON_VERSION": python_version,
+        "CUDA_LIBS": " ".join(CUDA_LIB_REQUIREMENTS) if cuda_libs else "",
+    }
+    lines = ["# Written by `stt-engine bundle`; read by install.sh."]
+    lines += [f"{key}={shlex.quote(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
 
 
 def build_bundle(opts: BundleOptions) -> Path:
@@ -185,10 +200,11 @@ def build_bundle(opts: BundleOptions) -> Path:
 
         requirement = PROJECT_NAME + (f"[{','.join(opts.extras)}]" if opts.extras else "") + f"=={__version__}"
         install = root / "install.sh"
-        install.write_text(render_install_script(requirement=requirement, model_name=model_name,
-                                                 python_version=opts.python_version, cuda_libs=opts.cuda_libs),
-                           encoding="utf-8")
+        install.write_text(install_script(), encoding="utf-8")
         install.chmod(0o755)
+        (root / "bundle.env").write_text(render_bundle_env(requirement=requirement, model_name=model_name,
+                                                           python_version=opts.python_version,
+                                                           cuda_libs=opts.cuda_libs), encoding="utf-8")
         target = "current" if opts.current_platform else f"cp{opts.python_version.replace('.', '')}-{opts.platforms[0]}"
         (root / "bundle.json").write_text(json.dumps({
             "project": PROJECT_NAME,
@@ -215,3 +231,76 @@ def default_output_name(model_name: str | None, compress: bool) -> str:
     suffix = ".tar.gz" if compress else ".tar"
     model = f"-{model_name}" if model_name else ""
     return f"stt-engine-offline-{__version__}{model}-linux_x86_64-py{TARGET_PYTHON.replace('.', '')}{suffix}"
+
+
+# --- the `bundle` subcommand ------------------------------------------------------------------------------------------
+
+def _bundle_model(spec: str) -> Path | None:
+    """`none`, `bundled`, a folder, or a name under MODELS_DIR (downloaded first when missing)."""
+    if spec == "none":
+        return None
+    settings = get_settings()
+    if spec == "bundled":
+        from stt_engine.models.bundled import assemble_bundled_model
+
+        return assemble_bundled_model(settings.model_cache_dir)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    from stt_engine.models.resolve import candidate_dirnames, is_model_dir
+
+    for dirname in candidate_dirnames(spec):
+        if is_model_dir(settings.models_dir / dirname):
+            return settings.models_dir / dirname
+    from stt_engine.models.download import download_model
+
+    lookup(spec)  # a clear error for a typo before any download starts
+    print(f"{spec} is not in {settings.models_dir}/: downloading it first", file=sys.stderr)
+    return download_model(spec, models_dir=settings.models_dir).path
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    """Build the tarball; failures print one line (no traceback) and exit 2."""
+    try:
+        model_dir = _bundle_model(args.model)
+        output = Path(args.output) if args.output else Path(
+            default_output_name(model_dir.name if model_dir else None, args.gzip))
+        opts = BundleOptions(
+            model_dir=model_dir, output=output, extras=[e for e in args.extras.split(",") if e],
+            python_version=(f"{sys.version_info[0]}.{sys.version_info[1]}" if args.current_platform
+                            else args.python_version),
+            current_platform=args.current_platform,
+            project_dir=Path(args.project) if args.project else None, wheel=Path(args.wheel) if args.wheel else None,
+            compress=args.gzip, include_pip=not args.no_pip, cuda_libs=args.cuda_libs,
+        )
+        if args.platform:
+            opts.platforms = args.platform
+        path = build_bundle(opts)
+    except (STTError, ValueError) as exc:
+        print(f"stt-engine: {getattr(exc, 'message', str(exc))}", file=sys.stderr)
+        return 2
+    print(f"{path}: {path.stat().st_size / 1e6:.1f} MB (sha256 in {path.name}.sha256)")
+    print(f"Carry it to the server, then: tar xf {path.name} && cd stt-engine-offline-*/ && ./install.sh --start")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `bundle` to the `stt-engine` command."""
+    bd = subparsers.add_parser("bundle", help="build an offline install tarball (wheels + model + install.sh)",
+                               description="Run on a connected machine. Default target: Linux x86_64, CPython 3.11, "
+                               "glibc 2.28 (RHEL 8).")
+    bd.add_argument("--model", default=DEFAULT_MODEL,
+                    help="model name (downloaded if missing), folder, `bundled` (whisper base) or `none`")
+    bd.add_argument("--output", "-o", default=None, help="tarball path (default stt-engine-offline-...tar)")
+    bd.add_argument("--extras", default="", help="stt-engine extras to include, comma separated (e.g. bundled-model)")
+    bd.add_argument("--python-version", default="3.11", help="target Python (default 3.11)")
+    bd.add_argument("--platform", action="append", default=None,
+                    help="target wheel platform tag, repeatable (default manylinux_2_28_x86_64 and older)")
+    bd.add_argument("--current-platform", action="store_true", help="target this machine's Python and platform")
+    bd.add_argument("--project", default=None, help="stt-engine source folder (default: this checkout)")
+    bd.add_argument("--wheel", default=None, help="use this prebuilt stt-engine wheel")
+    bd.add_argument("--gzip", action="store_true", help="compress (slow, saves little: weights don't shrink)")
+    bd.add_argument("--cuda-libs", action="store_true",
+                    help="also ship cuBLAS 12 + cuDNN 9 as wheels (~1.5 GB) for GPU hosts without CUDA packages")
+    bd.add_argument("--no-pip", action="store_true", help="do not ship a current pip wheel")
+    bd.set_defaults(func=cmd_bundle)

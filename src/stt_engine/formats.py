@@ -5,6 +5,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
+from faster_whisper.utils import format_timestamp
+
 from stt_engine.engine import Transcript
 
 
@@ -26,12 +28,11 @@ MEDIA_TYPES: dict[ResponseFormat, str] = {
 
 
 def timestamp(seconds: float, separator: str) -> str:
-    """`HH:MM:SS,mmm` (srt) or `HH:MM:SS.mmm` (vtt)."""
-    millis = max(0, round(seconds * 1000))
-    hours, millis = divmod(millis, 3_600_000)
-    minutes, millis = divmod(millis, 60_000)
-    secs, millis = divmod(millis, 1000)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+    """`HH:MM:SS,mmm` (srt) or `HH:MM:SS.mmm` (vtt): faster-whisper's own formatter, always with hours.
+
+    Hours are always written because srt requires them and fixed-width cues are what players and our tests expect.
+    """
+    return format_timestamp(max(0.0, float(seconds)), always_include_hours=True, decimal_marker=separator)
 
 
 def to_srt(transcript: Transcript) -> str:

@@ -1,4 +1,4 @@
-"""Model and deployment subcommands: `download`, `convert`, `models list|verify|manifest`, `bundle`.
+"""Model subcommands: `download`, `convert`, `models list|verify|manifest` (`bundle` lives in `bundle.py`).
 
 `stt_engine.cli` calls `register(subparsers)`; each subparser sets `func(args) -> int` (0 = success). Heavy imports
 (huggingface_hub, ctranslate2 converters, pip) happen inside the handlers, so `stt-engine --help` stays fast and the
@@ -15,7 +15,7 @@ from typing import Any
 
 from stt_engine.config import get_settings
 from stt_engine.errors import STTError
-from stt_engine.models.catalog import CATALOG, DEFAULT_MODEL, lookup
+from stt_engine.models.catalog import CATALOG, DEFAULT_MODEL
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -168,61 +168,10 @@ def cmd_models_manifest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# --- bundle ------------------------------------------------------------------------------------------------------
-
-def _bundle_model(spec: str) -> Path | None:
-    """`none`, `bundled`, a folder, or a name under MODELS_DIR (downloaded first when missing)."""
-    if spec == "none":
-        return None
-    settings = get_settings()
-    if spec == "bundled":
-        from stt_engine.models.bundled import assemble_bundled_model
-
-        return assemble_bundled_model(settings.model_cache_dir)
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path
-    from stt_engine.models.resolve import candidate_dirnames, is_model_dir
-
-    for dirname in candidate_dirnames(spec):
-        if is_model_dir(settings.models_dir / dirname):
-            return settings.models_dir / dirname
-    from stt_engine.models.download import download_model
-
-    lookup(spec)  # a clear error for a typo before any download starts
-    print(f"{spec} is not in {settings.models_dir}/: downloading it first", file=sys.stderr)
-    return download_model(spec, models_dir=settings.models_dir).path
-
-
-def cmd_bundle(args: argparse.Namespace) -> int:
-    from stt_engine.bundle import BundleOptions, build_bundle, default_output_name
-
-    try:
-        model_dir = _bundle_model(args.model)
-        output = Path(args.output) if args.output else Path(
-            default_output_name(model_dir.name if model_dir else None, args.gzip))
-        opts = BundleOptions(
-            model_dir=model_dir, output=output, extras=[e for e in args.extras.split(",") if e],
-            python_version=(f"{sys.version_info[0]}.{sys.version_info[1]}" if args.current_platform
-                            else args.python_version),
-            current_platform=args.current_platform,
-            project_dir=Path(args.project) if args.project else None, wheel=Path(args.wheel) if args.wheel else None,
-            compress=args.gzip, include_pip=not args.no_pip, cuda_libs=args.cuda_libs,
-        )
-        if args.platform:
-            opts.platforms = args.platform
-        path = build_bundle(opts)
-    except (STTError, ValueError) as exc:
-        return _fail(getattr(exc, "message", str(exc)))
-    print(f"{path}: {_human(path.stat().st_size)} (sha256 in {path.name}.sha256)")
-    print(f"Carry it to the server, then: tar xf {path.name} && cd stt-engine-offline-*/ && ./install.sh --start")
-    return EXIT_OK
-
-
 # --- registration ------------------------------------------------------------------------------------------------
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `download`, `convert`, `models` and `bundle` to the `stt-engine` command."""
+    """Add `download`, `convert` and `models` to the `stt-engine` command."""
     dl = subparsers.add_parser("download", help="fetch a CTranslate2 Whisper model from the Hugging Face hub",
                                description="Fetch a model into MODELS_DIR/<name>/ with a manifest.json. Honours "
                                "HF_TOKEN / HUGGINGFACE_HUB_TOKEN and HF_ENDPOINT (mirrors); resumes partial downloads.")
@@ -261,22 +210,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mf.add_argument("--name", default=None)
     mf.add_argument("--force", action="store_true", help="replace an existing manifest")
     mf.set_defaults(func=cmd_models_manifest)
-
-    bd = subparsers.add_parser("bundle", help="build an offline install tarball (wheels + model + install.sh)",
-                               description="Run on a connected machine. Default target: Linux x86_64, CPython 3.11, "
-                               "glibc 2.28 (RHEL 8).")
-    bd.add_argument("--model", default=DEFAULT_MODEL,
-                    help="model name (downloaded if missing), folder, `bundled` (whisper base) or `none`")
-    bd.add_argument("--output", "-o", default=None, help="tarball path (default stt-engine-offline-...tar)")
-    bd.add_argument("--extras", default="", help="stt-engine extras to include, comma separated (e.g. bundled-model)")
-    bd.add_argument("--python-version", default="3.11", help="target Python (default 3.11)")
-    bd.add_argument("--platform", action="append", default=None,
-                    help="target wheel platform tag, repeatable (default manylinux_2_28_x86_64 and older)")
-    bd.add_argument("--current-platform", action="store_true", help="target this machine's Python and platform")
-    bd.add_argument("--project", default=None, help="stt-engine source folder (default: this checkout)")
-    bd.add_argument("--wheel", default=None, help="use this prebuilt stt-engine wheel")
-    bd.add_argument("--gzip", action="store_true", help="compress (slow, saves little: weights don't shrink)")
-    bd.add_argument("--cuda-libs", action="store_true",
-                    help="also ship cuBLAS 12 + cuDNN 9 as wheels (~1.5 GB) for GPU hosts without CUDA packages")
-    bd.add_argument("--no-pip", action="store_true", help="do not ship a current pip wheel")
-    bd.set_defaults(func=cmd_bundle)

@@ -1,26 +1,28 @@
 """Async client for an OpenAI-compatible LLM server: vLLM first, and also llama.cpp, TGI and OpenAI.
 
-Why not the `openai` package: we need control over the things that differ between these servers
-(the base URL written with or without ``/v1``, vLLM's two error envelopes, ``/health`` that may return
-an empty body or not exist, context size reported under different names) and over retries, which must
-never repeat a request the server rejected as wrong (4xx) nor stretch the caller's time budget.
+The wire work is the `openai` SDK's `AsyncOpenAI`: requests, SSE streaming, retries of connection errors, 429 and
+5xx with backoff that honours ``Retry-After`` (never of other 4xx), typed errors. Around it we keep what differs
+between these servers: the base URL written with or without ``/v1``, vLLM's error envelopes (mapped to our
+`LLMError`s by `errors.error_from_response`), ``/health`` that answers 200 with an empty body or does not exist,
+model discovery through ``/v1/models`` with the context size under its several names, and a time budget: every call,
+retries and a whole stream included, ends within `timeout_s`.
 
-The `httpx.AsyncClient` is created lazily for the running event loop, so one `LLMClient` can be built
-at import or start-up time and used from whichever loop serves requests (tests run several loops).
+Every request goes through `_call` (one answer) or `_stream` (an SSE stream), and every byte through the HTTP client
+that `_new_sdk` gives the SDK: a limit on what a server may send fits there, in one place. An SDK client belongs to
+one event loop, so one `LLMClient` can be built at start-up and used from whichever loop serves requests (tests run
+several loops).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import random
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import httpx
+import openai
 
 from stt_engine.postprocess.errors import (
     LLMError,
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from stt_engine.config import Settings
 
 Message = dict[str, str]
+Payload = dict[str, Any]
 
 _USER_AGENT = "stt-engine-postprocess"
 _SUFFIXES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1")
@@ -127,6 +130,18 @@ class _Cache:
     models: list[ModelInfo] = field(default_factory=list)
 
 
+def _as_dict(response: Any) -> Any:
+    """The SDK's object as the JSON it came from (fields the server sent, extras such as vLLM's included)."""
+    return response.to_dict() if isinstance(response, openai.BaseModel) else response
+
+
+def _raise_if_error(payload: Payload, what: str) -> None:
+    """Some proxies (and vLLM < 0.10.1 mid-stream) send an error envelope with status 200: it is an error."""
+    message, kind = extract_error(payload)
+    if message is not None and "choices" not in payload and "data" not in payload:
+        raise LLMResponseError(f"{what}: {message}", upstream_type=kind)
+
+
 class LLMClient:
     """Talks to one OpenAI-compatible server. Safe to share between concurrent tasks of one loop."""
 
@@ -141,9 +156,6 @@ class LLMClient:
         max_retries: int = 2,
         max_tokens: int = 1024,
         temperature: float = 0.2,
-        backoff_base_s: float = 0.5,
-        backoff_max_s: float = 8.0,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = normalize_base_url(base_url)
         self.api_key = api_key or None
@@ -153,11 +165,8 @@ class LLMClient:
         self.max_retries = max_retries
         self.max_tokens = max_tokens
         self.temperature = temperature
-        self.backoff_base_s = backoff_base_s
-        self.backoff_max_s = backoff_max_s
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._client: openai.AsyncOpenAI | None = self._new_sdk()
+        self._client_loop: asyncio.AbstractEventLoop | None = None  # bound on first use
         self._cache = _Cache(model=self.configured_model)
         self._discover_lock: asyncio.Lock | None = None
 
@@ -183,103 +192,99 @@ class LLMClient:
         """Absolute URL of an endpoint given as ``/v1/...`` or ``/health``."""
         return self.base_url + path
 
-    def _http(self) -> httpx.AsyncClient:
+    def _new_sdk(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=self.base_url + "/v1",
+            # Never the OPENAI_API_KEY of the environment: that key is for OpenAI, not for this server.
+            # A server started without --api-key ignores the header.
+            api_key=self.api_key or "EMPTY",
+            timeout=openai.Timeout(self.timeout_s, connect=self.connect_timeout_s),
+            max_retries=self.max_retries,
+            default_headers={"User-Agent": _USER_AGENT},
+        )
+
+    def _sdk(self, *, retries: int | None = None, timeout_s: float | None = None) -> openai.AsyncOpenAI:
+        """The SDK client of the running loop; `retries`/`timeout_s` give a variant for one call.
+
+        The first client is made in `__init__` (building its TLS context takes tens of milliseconds, too long for
+        the first `/health`) and belongs to the first loop that uses it; another loop gets a new one.
+        """
         loop = asyncio.get_running_loop()
-        if self._client is None or self._client.is_closed or self._client_loop is not loop:
-            headers = {"User-Agent": _USER_AGENT}
-            if self.api_key:
-                headers["Authorization"] = f"Bearer {self.api_key}"
-            self._client = httpx.AsyncClient(
-                headers=headers,
-                timeout=httpx.Timeout(self.timeout_s, connect=self.connect_timeout_s),
-                transport=self._transport,
-                limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
-            )
+        if self._client_loop is None:
             self._client_loop = loop
+        if self._client is None or self._client_loop is not loop:
+            self._client = self._new_sdk()
+            self._client_loop = loop
+            self._discover_lock = None
+        if self._discover_lock is None:
             self._discover_lock = asyncio.Lock()
-        return self._client
+        if retries is None and timeout_s is None:
+            return self._client
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        return self._client.with_options(
+            max_retries=self.max_retries if retries is None else retries,
+            timeout=openai.Timeout(limit, connect=min(self.connect_timeout_s, limit)),
+        )
 
     async def aclose(self) -> None:
         """Close the connection pool (only if it belongs to the running loop; others are gone already)."""
         client, self._client = self._client, None
-        if client is not None and not client.is_closed:
+        if client is not None:
             try:
-                if self._client_loop is asyncio.get_running_loop():
-                    await client.aclose()
+                if self._client_loop in (None, asyncio.get_running_loop()):
+                    await client.close()
             except RuntimeError:
                 pass
 
-    def _backoff(self, attempt: int, error: LLMError) -> float:
-        delay = min(self.backoff_max_s, self.backoff_base_s * 2.0**attempt) * (0.5 + random.random() / 2)
-        if error.retry_after is not None:
-            delay = max(delay, min(float(error.retry_after), self.backoff_max_s))
-        return float(delay)
-
-    def _transport_error(self, exc: Exception, url: str) -> LLMError:
-        if isinstance(exc, httpx.ConnectTimeout):
-            return LLMUnreachable(f"Could not connect to the LLM server at {url} within {self.connect_timeout_s:g} s")
-        if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
-            return LLMTimeout(f"The LLM server at {url} did not answer within {self.timeout_s:g} s")
-        reason = str(exc) or type(exc).__name__
-        return LLMUnreachable(f"Could not reach the LLM server at {url}: {reason}")
-
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: dict[str, Any] | None = None,
-        stream: bool = False,
-        retries: int | None = None,
-        timeout_s: float | None = None,
-    ) -> httpx.Response:
-        """One request, retried on connection errors, 429 and 5xx - never on other 4xx or a read timeout.
-
-        A read timeout is not retried because the caller's wait must stay bounded by `timeout_s`. With
-        `stream=True` the response is returned open (status already checked); the caller closes it.
-        """
+    def _error(self, exc: BaseException, path: str, limit: float | None = None) -> LLMError:
+        """Our `LLMError` for whatever the SDK (or the time budget of `limit` seconds) raised."""
         url = self.url(path)
-        client = self._http()
-        attempts = (self.max_retries if retries is None else retries) + 1
-        limit = self.timeout_s if timeout_s is None else timeout_s
-        for attempt in range(attempts):
-            try:
-                request = client.build_request(
-                    method, url, json=body, timeout=httpx.Timeout(limit, connect=min(self.connect_timeout_s, limit))
-                )
-                async with asyncio.timeout(None if stream else limit + self.connect_timeout_s):
-                    response = await client.send(request, stream=stream)
-                    if response.status_code < 400:
-                        return response
-                    raw = await response.aread()
-                    await response.aclose()
-                error = error_from_response(response.status_code, raw, dict(response.headers), url)
-            except (httpx.TransportError, TimeoutError) as exc:
-                error = self._transport_error(exc, url)
-            if not error.retryable or attempt + 1 >= attempts:
-                raise error
-            await asyncio.sleep(self._backoff(attempt, error))
-        raise AssertionError("unreachable")  # pragma: no cover
+        if isinstance(exc, openai.APIStatusError):
+            # The SDK has read the body: our parser knows vLLM's envelopes and names the setting to check.
+            response = exc.response
+            return error_from_response(response.status_code, response.content, url)
+        if isinstance(exc, openai.APITimeoutError) and type(exc.__cause__).__name__ == "ConnectTimeout":
+            return LLMUnreachable(f"Could not connect to the LLM server at {url} within {self.connect_timeout_s:g} s")
+        if isinstance(exc, (openai.APITimeoutError, TimeoutError)):
+            return LLMTimeout(f"The LLM server at {url} did not answer within {limit or self.timeout_s:g} s")
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__
+            reason = (str(cause) or type(cause).__name__) if cause is not None else exc.message
+            return LLMUnreachable(f"Could not reach the LLM server at {url}: {reason}")
+        if isinstance(exc, openai.APIError):  # an error event inside a 200 stream
+            message, kind = extract_error({"error": exc.body}) if exc.body is not None else (exc.message, None)
+            return LLMResponseError(f"LLM server failed mid-stream: {message or exc.message}", upstream_type=kind)
+        return LLMResponseError(f"{url}: unexpected answer ({type(exc).__name__}: {exc})")
 
-    async def _json(self, method: str, path: str, body: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-        response = await self._send(method, path, body=body, **kwargs)
+    async def _call(self, path: str, request: Callable[[], Awaitable[Any]], *, timeout_s: float | None = None) -> Any:
+        """Run one SDK request (with its retries) within the time budget; its answer as plain JSON values."""
+        limit = self.timeout_s if timeout_s is None else timeout_s
         try:
-            payload = response.json()
-        except ValueError as exc:
-            raise LLMResponseError(
-                f"{self.url(path)} returned HTTP {response.status_code} that is not JSON: {response.text[:200]!r}"
-            ) from exc
-        message, kind = extract_error(payload)
-        if message is not None and "choices" not in payload and "data" not in payload:
-            # Some proxies wrap failures in a 200; treat them like the error they are.
-            raise LLMResponseError(f"LLM server returned an error: {message}", upstream_type=kind)
+            async with asyncio.timeout(limit + self.connect_timeout_s):
+                return _as_dict(await request())
+        except (openai.OpenAIError, TimeoutError) as exc:
+            raise self._error(exc, path, limit) from exc
+
+    async def _json(self, path: str, request: Callable[[], Awaitable[Any]], *,
+                    timeout_s: float | None = None) -> Payload:
+        """`_call` for endpoints that answer a JSON object, which may still be an error envelope."""
+        payload = await self._call(path, request, timeout_s=timeout_s)
+        if not isinstance(payload, dict):
+            raise LLMResponseError(f"{self.url(path)} did not answer with a JSON object: {str(payload)[:200]!r}")
+        _raise_if_error(payload, "LLM server returned an error")
         return payload
 
     # --- discovery --------------------------------------------------------------------------------
 
     async def models(self, *, retries: int | None = None, timeout_s: float | None = None) -> list[ModelInfo]:
         """``GET /v1/models``: what the server serves, with context sizes when it reports them."""
-        models = parse_models(await self._json("GET", "/v1/models", retries=retries, timeout_s=timeout_s))
+        sdk = self._sdk(retries=retries, timeout_s=timeout_s)
+
+        async def listing() -> Payload:
+            page = await sdk.models.list()
+            return {"data": [_as_dict(model) for model in page.data]}
+
+        models = parse_models(await self._json("/v1/models", listing, timeout_s=timeout_s))
         self._remember(models)
         return models
 
@@ -296,7 +301,7 @@ class LLMClient:
         """The model to ask: `VLLM_MODEL`, or the first one the server lists (looked up once, cached)."""
         if self._cache.model and not refresh:
             return self._cache.model
-        self._http()
+        self._sdk()
         assert self._discover_lock is not None
         async with self._discover_lock:
             if not (self._cache.model and not refresh):
@@ -316,32 +321,39 @@ class LLMClient:
     # --- generation -------------------------------------------------------------------------------
 
     def _body(
-        self, model: str, max_tokens: int | None, temperature: float | None, extra: dict[str, Any] | None
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": model,
+        self, model: str | None, max_tokens: int | None, temperature: float | None, extra: dict[str, Any] | None
+    ) -> Payload:
+        """The SDK call's arguments; `extra` (vLLM's own sampling options, ...) is merged into the JSON as is."""
+        body: Payload = {
+            "model": model or "",
             "max_tokens": self.max_tokens if max_tokens is None else max_tokens,
             "temperature": self.temperature if temperature is None else temperature,
         }
         if extra:
-            body.update(extra)
+            body["extra_body"] = dict(extra)
         return body
 
-    async def _generate(self, path: str, body: dict[str, Any], *, chat: bool) -> Completion:
-        discovered = self.configured_model is None
+    def _create(self, chat: bool) -> Callable[..., Awaitable[Any]]:
+        sdk = self._sdk()
+        return sdk.chat.completions.create if chat else sdk.completions.create
+
+    async def _generate(self, path: str, body: Payload, *, chat: bool) -> Completion:
+        async def send(model: str) -> Payload:
+            return await self._json(path, lambda: self._create(chat)(**{**body, "model": model}))
+
         try:
-            payload = await self._json("POST", path, {**body, "model": body.get("model") or await self.resolve_model()})
+            payload = await send(body["model"] or await self.resolve_model())
         except LLMModelNotFound:
-            if not discovered or body.get("model"):
+            if self.configured_model is not None or body["model"]:
                 raise
             # The server was restarted with another model since we looked: look again, once.
-            payload = await self._json("POST", path, {**body, "model": await self.resolve_model(refresh=True)})
-        choices = payload.get("choices") if isinstance(payload, dict) else None
+            payload = await send(await self.resolve_model(refresh=True))
+        choices = payload.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise LLMResponseError(f"{self.url(path)} returned no choices: {str(payload)[:200]}")
         return Completion(
             text=_choice_text(choices[0], chat=chat, delta=False),
-            model=str(payload.get("model") or body.get("model") or self._cache.model or ""),
+            model=str(payload.get("model") or body["model"] or self._cache.model or ""),
             finish_reason=choices[0].get("finish_reason"),
             usage=payload.get("usage"),
         )
@@ -356,8 +368,7 @@ class LLMClient:
         extra: dict[str, Any] | None = None,
     ) -> Completion:
         """``POST /v1/chat/completions``: the default, since instruct models need their chat template."""
-        body = self._body(model or "", max_tokens, temperature, extra)
-        body["messages"] = list(messages)
+        body = {**self._body(model, max_tokens, temperature, extra), "messages": list(messages)}
         return await self._generate("/v1/chat/completions", body, chat=True)
 
     async def complete(
@@ -370,41 +381,35 @@ class LLMClient:
         extra: dict[str, Any] | None = None,
     ) -> Completion:
         """``POST /v1/completions``: raw text completion, as the original `vllm_client.py` used."""
-        body = self._body(model or "", max_tokens, temperature, extra)
-        body["prompt"] = prompt
+        body = {**self._body(model, max_tokens, temperature, extra), "prompt": prompt}
         return await self._generate("/v1/completions", body, chat=False)
 
-    async def _stream(self, path: str, body: dict[str, Any], *, chat: bool) -> AsyncIterator[StreamDelta]:
-        body = {**body, "model": body.get("model") or await self.resolve_model(), "stream": True}
+    async def _stream(self, path: str, body: Payload, *, chat: bool) -> AsyncIterator[StreamDelta]:
+        body = {**body, "model": body["model"] or await self.resolve_model(), "stream": True}
         body.setdefault("stream_options", {"include_usage": True})
-        response = await self._send("POST", path, body=body, stream=True)
-        url = self.url(path)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
-        lines = response.aiter_lines()
+        deadline = loop.time() + self.timeout_s + self.connect_timeout_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                stream = await self._create(chat)(**body)  # the SDK retried 429/5xx before the stream began
+        except (openai.OpenAIError, TimeoutError) as exc:
+            raise self._error(exc, path) from exc
+        chunks = stream.__aiter__()
         try:
             while True:
                 # A per-read deadline, not a context manager around the yields: the time the consumer
                 # spends between chunks must not be cancelled from inside this generator.
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise TimeoutError
                 try:
-                    line = await asyncio.wait_for(anext(lines), remaining)
-                except StopAsyncIteration:
+                    chunk = _as_dict(await asyncio.wait_for(anext(chunks), max(0.0, deadline - loop.time())))
+                except StopAsyncIteration:  # the SDK stops at `data: [DONE]`
                     return
-                if not line.startswith("data:"):
-                    continue  # blank separators, ": ping" comments, "event:" lines
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                try:
-                    chunk = json.loads(data)
+                except (openai.OpenAIError, TimeoutError) as exc:
+                    raise self._error(exc, path) from exc
                 except ValueError as exc:
-                    raise LLMResponseError(f"{url} streamed a line that is not JSON: {data[:200]!r}") from exc
-                message, kind = extract_error(chunk)
-                if message is not None and "choices" not in chunk:
-                    raise LLMResponseError(f"LLM server failed mid-stream: {message}", upstream_type=kind)
+                    raise LLMResponseError(f"{self.url(path)} streamed a line that is not JSON: {exc}") from exc
+                if not isinstance(chunk, dict):
+                    raise LLMResponseError(f"{self.url(path)} streamed something that is not an object: {chunk!r:.200}")
+                _raise_if_error(chunk, "LLM server failed mid-stream")
                 choices = chunk.get("choices") or []
                 first = choices[0] if choices and isinstance(choices[0], dict) else {}
                 yield StreamDelta(
@@ -413,10 +418,8 @@ class LLMClient:
                     usage=chunk.get("usage"),
                     model=chunk.get("model"),
                 )
-        except (httpx.TransportError, TimeoutError) as exc:
-            raise self._transport_error(exc, url) from exc
         finally:
-            await response.aclose()
+            await stream.close()
 
     def stream_chat(
         self,
@@ -428,8 +431,7 @@ class LLMClient:
         extra: dict[str, Any] | None = None,
     ) -> AsyncIterator[StreamDelta]:
         """Streamed chat completion (SSE). Ends at ``data: [DONE]``; usage-only chunks are passed on."""
-        body = self._body(model or "", max_tokens, temperature, extra)
-        body["messages"] = list(messages)
+        body = {**self._body(model, max_tokens, temperature, extra), "messages": list(messages)}
         return self._stream("/v1/chat/completions", body, chat=True)
 
     def stream_complete(
@@ -442,8 +444,7 @@ class LLMClient:
         extra: dict[str, Any] | None = None,
     ) -> AsyncIterator[StreamDelta]:
         """Streamed text completion (SSE)."""
-        body = self._body(model or "", max_tokens, temperature, extra)
-        body["prompt"] = prompt
+        body = {**self._body(model, max_tokens, temperature, extra), "prompt": prompt}
         return self._stream("/v1/completions", body, chat=False)
 
     # --- health -----------------------------------------------------------------------------------
@@ -458,9 +459,10 @@ class LLMClient:
         started = time.perf_counter()
         result: dict[str, Any] = {"ok": False, "reachable": False, "base_url": self.base_url, "model": None}
         try:
+            sdk = self._sdk(retries=0, timeout_s=limit)
             try:
-                response = await self._send("GET", "/health", retries=0, timeout_s=limit)
-                await response.aread()
+                # cast_to=str: the body is not parsed, so vLLM's empty 200 is fine
+                await self._call("/health", lambda: sdk.get(self.url("/health"), cast_to=str), timeout_s=limit)
             except LLMError as exc:
                 if exc.upstream_status not in (404, 405):
                     raise

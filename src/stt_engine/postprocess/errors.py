@@ -25,16 +25,13 @@ _BODY_SNIPPET_CHARS = 300
 
 
 class LLMError(STTError):
-    """Any failure of the LLM server or of the connection to it.
-
-    `retryable` says whether the same request may succeed if sent again (connection errors, 429, 5xx);
-    `retry_after` is the server's `Retry-After` hint in seconds, when it gave one.
+    """Any failure of the LLM server or of the connection to it, after the `openai` SDK's retries (connection
+    errors, 429 and 5xx, honouring `Retry-After`) gave up: what the caller sees is final.
     """
 
     status = 502
     code = "llm_error"
     error_type = "server_error"
-    retryable = False
 
     def __init__(
         self,
@@ -42,12 +39,10 @@ class LLMError(STTError):
         *,
         upstream_status: int | None = None,
         upstream_type: str | None = None,
-        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.upstream_status = upstream_status
         self.upstream_type = upstream_type
-        self.retry_after = retry_after
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able form used in responses (``postprocess.error``)."""
@@ -71,11 +66,10 @@ class LLMUnreachable(LLMError):
 
     status = 503
     code = "llm_unreachable"
-    retryable = True
 
 
 class LLMTimeout(LLMError):
-    """The server did not answer within the configured time; not retried, so the wait stays bounded."""
+    """The server did not answer within the time budget (`VLLM_TIMEOUT_S`, retries included)."""
 
     status = 504
     code = "llm_timeout"
@@ -106,33 +100,22 @@ class LLMContextLengthExceeded(LLMBadRequest):
 
 
 class LLMRateLimited(LLMError):
-    """429: the server is busy; retried with backoff."""
+    """429: the server stayed busy through the retries."""
 
     status = 503
     code = "llm_rate_limited"
-    retryable = True
 
 
 class LLMServerError(LLMError):
-    """5xx: the server failed (engine dead, overloaded, proxy error); retried with backoff."""
+    """5xx: the server failed (engine dead, overloaded, proxy error) through the retries."""
 
     code = "llm_server_error"
-    retryable = True
 
 
 class LLMResponseError(LLMError):
     """The server answered 2xx with something that is not an OpenAI-shaped response."""
 
     code = "llm_bad_response"
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: rare from LLM servers, and our backoff copes without it
 
 
 def _text_of(value: Any) -> str:
@@ -167,7 +150,7 @@ def _looks_like_context_overflow(message: str, kind: str | None) -> bool:
     )
 
 
-def error_from_response(status: int, body: bytes, headers: dict[str, str], url: str) -> LLMError:
+def error_from_response(status: int, body: bytes, url: str) -> LLMError:
     """Turn an HTTP error response into the matching `LLMError`, with a message a person can act on."""
     message: str | None = None
     kind: str | None = None
@@ -185,11 +168,9 @@ def error_from_response(status: int, body: bytes, headers: dict[str, str], url: 
             return LLMModelNotFound(f"{described} - check VLLM_MODEL (or unset it to use the served model)", **kwargs)
         return LLMBadRequest(f"{described} - is {url} an OpenAI-compatible endpoint? check VLLM_BASE_URL", **kwargs)
     if status == 429:
-        retry_after = _parse_retry_after(headers.get("retry-after"))
-        return LLMRateLimited(described, retry_after=retry_after, **kwargs)
+        return LLMRateLimited(described, **kwargs)
     if status >= 500:
-        retry_after = _parse_retry_after(headers.get("retry-after"))
-        return LLMServerError(described, retry_after=retry_after, **kwargs)
+        return LLMServerError(described, **kwargs)
     if _looks_like_context_overflow(message, kind):
         return LLMContextLengthExceeded(described, **kwargs)
     return LLMBadRequest(described, **kwargs)

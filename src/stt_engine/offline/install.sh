@@ -1,31 +1,22 @@
-"""The `install.sh` written into every offline bundle (see `bundle.py`), kept apart so each file stays readable.
-
-It is a Python string rather than a `.sh` data file so that it ships inside the wheel without package-data rules.
-Placeholders: @REQUIREMENT@, @MODEL_NAME@, @PYTHON_VERSION@, @CUDA_LIBS@ (shell-quoted wheel requirements or
-empty). Everything the script does works with no network.
-"""
-
-from __future__ import annotations
-
-INSTALL_SH = r"""#!/usr/bin/env bash
+#!/usr/bin/env bash
 # Install stt-engine from this offline bundle. Uses no network: pip runs with --no-index.
 #
 #   ./install.sh [--prefix DIR] [--python PYTHON] [--start]
 #
 #   --prefix DIR     where to install (default: this folder). /opt/stt-engine is a good choice on RHEL.
-#   --python PYTHON  a Python @PYTHON_VERSION@ interpreter (default: python@PYTHON_VERSION@)
+#   --python PYTHON  a Python interpreter of the version the wheels were built for (default: python3.11)
 #   --start          start the server when done (foreground)
+#
+# What to install (requirement, model folder, Python version, CUDA wheels) comes from bundle.env, written by
+# `stt-engine bundle` beside this script and covered by SHA256SUMS.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PREFIX="$HERE"
-PYTHON="${PYTHON:-python@PYTHON_VERSION@}"
+PYTHON="${PYTHON:-}"
 START=0
-REQUIREMENT="@REQUIREMENT@"
-MODEL_NAME="@MODEL_NAME@"
-CUDA_LIBS=(@CUDA_LIBS@)
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --prefix) PREFIX="$2"; shift 2 ;;
@@ -42,18 +33,24 @@ echo "==> Checking the bundle's checksums (SHA256SUMS)"
     exit 1
 }
 
+# Sets REQUIREMENT, MODEL_NAME, PYTHON_VERSION and CUDA_LIBS (space-separated requirements, or empty).
+# shellcheck source=/dev/null
+. "$HERE/bundle.env"
+PYTHON="${PYTHON:-python$PYTHON_VERSION}"
+read -r -a CUDA_REQUIREMENTS <<< "$CUDA_LIBS"
+
 echo "==> Checking Python ($PYTHON)"
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
-    echo "install.sh: $PYTHON not found. On RHEL 8: sudo dnf install python3.11 (from the RHEL media/AppStream)," >&2
-    echo "            or pass --python /path/to/python@PYTHON_VERSION@" >&2
+    echo "install.sh: $PYTHON not found. On RHEL 8: sudo dnf install python$PYTHON_VERSION (from the RHEL media/AppStream)," >&2
+    echo "            or pass --python /path/to/python$PYTHON_VERSION" >&2
     exit 1
 fi
-"$PYTHON" - <<'PY' || exit 1
+"$PYTHON" - "$PYTHON_VERSION" <<'PY' || exit 1
 import sys
-want = tuple(int(p) for p in "@PYTHON_VERSION@".split("."))
+want = tuple(int(p) for p in sys.argv[1].split("."))
 if sys.version_info[:2] != want:
     found = sys.version.split()[0]
-    sys.exit(f"install.sh: the wheels are for Python @PYTHON_VERSION@, but {sys.executable} is {found}")
+    sys.exit(f"install.sh: the wheels are for Python {sys.argv[1]}, but {sys.executable} is {found}")
 PY
 
 mkdir -p "$PREFIX"
@@ -61,15 +58,15 @@ PREFIX="$(cd "$PREFIX" && pwd)"
 echo "==> Creating the virtualenv $PREFIX/venv"
 "$PYTHON" -m venv "$PREFIX/venv"
 PIP=("$PREFIX/venv/bin/python" -m pip --disable-pip-version-check)
-if ls "$HERE"/wheels/pip-*.whl >/dev/null 2>&1; then
+if compgen -G "$HERE/wheels/pip-*.whl" >/dev/null; then
     "${PIP[@]}" install --quiet --no-index --find-links "$HERE/wheels" --upgrade pip
 fi
 echo "==> Installing $REQUIREMENT (pip install --no-index)"
 "${PIP[@]}" install --no-index --find-links "$HERE/wheels" "$REQUIREMENT"
 LIBRARY_PATH_LINE=""
-if [ "${#CUDA_LIBS[@]}" -gt 0 ]; then
+if [ "${#CUDA_REQUIREMENTS[@]}" -gt 0 ]; then
     echo "==> Installing the CUDA 12 / cuDNN 9 libraries from the bundle"
-    "${PIP[@]}" install --no-index --find-links "$HERE/wheels" "${CUDA_LIBS[@]}"
+    "${PIP[@]}" install --no-index --find-links "$HERE/wheels" "${CUDA_REQUIREMENTS[@]}"
     LIBS="$("$PREFIX/venv/bin/python" -c 'import nvidia.cublas.lib as a, nvidia.cudnn.lib as b
 print(list(a.__path__)[0] + ":" + list(b.__path__)[0])')"
     LIBRARY_PATH_LINE="export LD_LIBRARY_PATH=\"$LIBS\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}\""
@@ -80,7 +77,7 @@ if [ -n "$MODEL_NAME" ]; then
     if [ "$PREFIX" != "$HERE" ]; then
         echo "==> Copying the model to $PREFIX/models/$MODEL_NAME"
         mkdir -p "$PREFIX/models"
-        rm -rf "$PREFIX/models/$MODEL_NAME"
+        rm -rf "${PREFIX:?}/models/$MODEL_NAME"
         cp -R "$HERE/models/$MODEL_NAME" "$PREFIX/models/$MODEL_NAME"
     fi
     MODEL_PATH="$PREFIX/models/$MODEL_NAME"
@@ -93,7 +90,7 @@ if [ ! -e "$PREFIX/.env" ]; then
     echo "==> Writing $PREFIX/.env"
     {
         echo "# Written by install.sh; see docs/deployment.md for every setting."
-        [ -n "$MODEL_PATH" ] && echo "WHISPER_MODEL=$MODEL_PATH"
+        if [ -n "$MODEL_PATH" ]; then echo "WHISPER_MODEL=$MODEL_PATH"; fi
         echo "MODELS_DIR=$PREFIX/models"
         echo "LOG_DIR=$PREFIX/logs"
         echo "# WHISPER_DEVICE=cuda   # GPU servers (CUDA 12 + cuDNN 9 libraries must be installed)"
@@ -143,4 +140,3 @@ DONE
 if [ "$START" = 1 ]; then
     exec "$PREFIX/run-server.sh"
 fi
-"""
