@@ -12,6 +12,7 @@ at import or start-up time and used from whichever loop serves requests (tests r
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import random
 import re
@@ -39,6 +40,9 @@ Message = dict[str, str]
 
 _USER_AGENT = "stt-engine-postprocess"
 _SUFFIXES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1")
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+# Response headers that describe the body as sent, not the decoded bytes we keep after a capped read.
+_WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 # Keys under which servers report a model's context size in /v1/models (vLLM, llama.cpp, others).
 _CONTEXT_KEYS = ("max_model_len", "context_length", "context_window", "max_context_length", "n_ctx")
 
@@ -144,6 +148,7 @@ class LLMClient:
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 8.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.base_url = normalize_base_url(base_url)
         self.api_key = api_key or None
@@ -156,6 +161,7 @@ class LLMClient:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._transport = transport
+        self.max_response_bytes = max_response_bytes
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._cache = _Cache(model=self.configured_model)
@@ -175,6 +181,7 @@ class LLMClient:
             max_retries=settings.vllm_max_retries,
             max_tokens=settings.vllm_max_tokens,
             temperature=settings.vllm_temperature,
+            max_response_bytes=settings.vllm_max_response_bytes,
         )
 
     # --- plumbing ---------------------------------------------------------------------------------
@@ -248,11 +255,17 @@ class LLMClient:
                     method, url, json=body, timeout=httpx.Timeout(limit, connect=min(self.connect_timeout_s, limit))
                 )
                 async with asyncio.timeout(None if stream else limit + self.connect_timeout_s):
-                    response = await client.send(request, stream=stream)
-                    if response.status_code < 400:
+                    # Always opened as a stream, so no body is read past VLLM_MAX_RESPONSE_BYTES.
+                    response = await client.send(request, stream=True)
+                    if response.status_code < 400 and stream:
                         return response
-                    raw = await response.aread()
-                    await response.aclose()
+                    try:
+                        raw = await self._read_capped(response, url, cut=response.status_code >= 400)
+                    finally:
+                        await response.aclose()
+                    if response.status_code < 400:
+                        headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _WIRE_HEADERS]
+                        return httpx.Response(response.status_code, headers=headers, content=raw, request=request)
                 error = error_from_response(response.status_code, raw, dict(response.headers), url)
             except (httpx.TransportError, TimeoutError) as exc:
                 error = self._transport_error(exc, url)
@@ -260,6 +273,47 @@ class LLMClient:
                 raise error
             await asyncio.sleep(self._backoff(attempt, error))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _read_capped(self, response: httpx.Response, url: str, *, cut: bool = False) -> bytes:
+        """The (decoded) body, at most `max_response_bytes` of it: past that, an error, or with `cut` (error
+        bodies, only quoted) the bytes read so far. An upstream that never stops sending costs bounded memory."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                if cut:
+                    break
+                raise self._too_large(url)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, url: str) -> LLMResponseError:
+        return LLMResponseError(
+            f"{url} sent more than {self.max_response_bytes} bytes; the response was dropped (VLLM_MAX_RESPONSE_BYTES)"
+        )
+
+    async def _capped_lines(self, response: httpx.Response, url: str) -> AsyncIterator[str]:
+        """`response.aiter_lines()` with the whole stream bounded by `max_response_bytes`, including a single
+        line that never ends."""
+        decoder = codecs.getincrementaldecoder(response.encoding or "utf-8")(errors="replace")
+        size = 0
+        pending: list[str] = []
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise self._too_large(url)
+            text = decoder.decode(chunk)
+            while (end := text.find("\n")) >= 0:
+                pending.append(text[:end])
+                yield "".join(pending).rstrip("\r")
+                pending = []
+                text = text[end + 1 :]
+            if text:
+                pending.append(text)
+        tail = "".join(pending) + decoder.decode(b"", final=True)
+        if tail:
+            yield tail.rstrip("\r")
 
     async def _json(self, method: str, path: str, body: dict[str, Any] | None = None, **kwargs: Any) -> Any:
         response = await self._send(method, path, body=body, **kwargs)
@@ -381,7 +435,7 @@ class LLMClient:
         url = self.url(path)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
-        lines = response.aiter_lines()
+        lines = self._capped_lines(response, url)
         try:
             while True:
                 # A per-read deadline, not a context manager around the yields: the time the consumer
