@@ -22,11 +22,11 @@ from stt_engine.config import Settings
 
 log = logging.getLogger(__name__)
 
+_TIMEOUT_BODY = b"Request headers not received in time.\n"
 _TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
-    b"content-length: 40\r\n\r\nRequest headers not received in time.\r\n\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
 )
-assert len(b"Request headers not received in time.\r\n\r\n") == 40  # noqa: S101 (guards the literal above)
 
 
 class HeaderTimeoutH11Protocol(H11Protocol):
