@@ -413,12 +413,13 @@ def test_response_models_describe_the_wire(server: str) -> None:
 
 def test_cli_batch_reports_missing_file_and_goes_on(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "stt_engine", "transcribe", str(tmp_path / "missing.wav"), str(SHORT)],
+        [sys.executable, "-m", "stt_engine", "transcribe", str(tmp_path / "missing.wav"), str(JFK), str(tmp_path)],
         capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
     )
     assert result.returncode == 1, result.stderr
     assert "missing.wav: no such file" in result.stderr and "Traceback" not in result.stderr
-    assert "123" in result.stdout or "one" in result.stdout.lower(), result.stdout
+    assert f"{tmp_path}: no such file" in result.stderr  # a folder is not a file either
+    assert "country" in result.stdout.lower(), result.stdout
 
 
 # --- /docs in a real browser, with no network --------------------------------------------------------------
