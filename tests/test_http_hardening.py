@@ -47,6 +47,7 @@ class _EndlessLLM(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     sent: list[int] = []
+    drip = False  # True: a few bytes every 0.1 s, never ending (the time bound, not the size bound, stops it)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -73,6 +74,12 @@ class _EndlessLLM(BaseHTTPRequestHandler):
             if not streaming:
                 self.wfile.write(b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "')
             while sent < 4 << 30:
+                if _EndlessLLM.drip:
+                    self.wfile.write(b": ping\n\n" if streaming else b"x")
+                    self.wfile.flush()
+                    sent += 1
+                    time.sleep(0.1)
+                    continue
                 self.wfile.write(event if streaming else piece.encode() * 64)
                 sent += len(event) if streaming else len(piece) * 64
         except OSError:
@@ -138,12 +145,14 @@ def test_random_methods_and_paths_cannot_blow_up_metrics(server: str) -> None:
             path = "/" + "".join(rng.choice(string.ascii_lowercase + "/") for _ in range(rng.randint(1, 40)))
             client.request(method, path)
     text = httpx.get(server + "/metrics", timeout=30).text
+    print(f"/metrics after 5,000 random methods and paths: {len(text.encode())} bytes")
     assert len(text.encode()) < 200_000, len(text.encode())
     methods = set(re.findall(r'stt_http_requests_total\{method="([^"]*)"', text))
     assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "other"}
     assert "other" in methods
     started = time.perf_counter()
     assert httpx.get(server + "/health", timeout=5).status_code == 200
+    print(f"/health then answered in {(time.perf_counter() - started) * 1000:.1f} ms")
     assert time.perf_counter() - started < 0.1
 
 
@@ -256,6 +265,8 @@ def test_slow_header_connections_are_closed_and_good_requests_answered(guarded: 
     assert elapsed < HEADER_TIMEOUT_S + 6
     refused = sum(data.startswith(b"HTTP/1.1 408") for data in closed.values())
     assert refused >= len(socks) * 0.9, refused
+    print(f"200 slow-header connections closed in {elapsed:.1f} s ({refused} with 408); "
+          f"slowest good request meanwhile {slowest_good * 1000:.0f} ms")
     assert slowest_good < 1.0, slowest_good
     # the 200 identical warnings are rate-limited, not written 200 times
     time.sleep(0.5)
@@ -308,9 +319,11 @@ def _peak_rss_during(pid: int, action: Callable[[], httpx.Response]) -> tuple[ht
     return response, peak, elapsed
 
 
-@pytest.mark.parametrize("task", ["summarize", "correct"])
-def test_endless_llm_stream_costs_bounded_time_and_memory(guarded: str, task: str) -> None:
+@pytest.mark.parametrize(("task", "drip"), [("summarize", False), ("correct", False), ("summarize", True)],
+                         ids=["flood-summarize", "flood-correct", "drip"])
+def test_endless_llm_stream_costs_bounded_time_and_memory(guarded: str, task: str, drip: bool) -> None:
     pid = _server_pid(guarded)
+    _EndlessLLM.drip = drip
 
     def transcribe(**fields: str) -> httpx.Response:
         with JFK.open("rb") as handle:
@@ -321,7 +334,10 @@ def test_endless_llm_stream_costs_bounded_time_and_memory(guarded: str, task: st
     transcribe()
     plain, plain_peak, _ = _peak_rss_during(pid, transcribe)
     assert plain.status_code == 200
-    response, peak, elapsed = _peak_rss_during(pid, lambda: transcribe(postprocess=task))
+    try:
+        response, peak, elapsed = _peak_rss_during(pid, lambda: transcribe(postprocess=task))
+    finally:
+        _EndlessLLM.drip = False
     assert response.status_code == 200, response.text
     body = response.json()
     assert "country" in body["text"].lower()
@@ -333,6 +349,29 @@ def test_endless_llm_stream_costs_bounded_time_and_memory(guarded: str, task: st
           f"without the LLM, {peak / 1e6:.0f} MB with it (+{growth:.1f} MB); upstream sent {_EndlessLLM.sent[-1:]} "
           f"bytes; error: {body['postprocess']['error']['message'][:120]}")
     assert growth < 50, growth
+
+
+@pytest.mark.parametrize("drip", [False, True], ids=["flood", "drip"])
+async def test_streamed_llm_answer_is_bounded_too(endless_llm: str, drip: bool) -> None:
+    """The streaming path (the CLI's `postprocess --stream`): capped in bytes, and in time when it drips."""
+    from stt_engine.postprocess.client import LLMClient
+    from stt_engine.postprocess.errors import LLMError
+
+    client = LLMClient(endless_llm, timeout_s=3, max_retries=0, max_response_bytes=1 << 20)
+    _EndlessLLM.drip = drip
+    started = time.perf_counter()
+    received = 0
+    try:
+        with pytest.raises(LLMError) as caught:
+            async for delta in client.stream_chat([{"role": "user", "content": "hi"}]):
+                received += len(delta.text)
+    finally:
+        _EndlessLLM.drip = False
+        await client.aclose()
+    elapsed = time.perf_counter() - started
+    assert elapsed < 3 + 2, elapsed
+    assert received <= 1 << 20
+    assert ("VLLM_MAX_RESPONSE_BYTES" in caught.value.message) != drip, caught.value.message
 
 
 # --- first hour -------------------------------------------------------------------------------------------
