@@ -505,3 +505,34 @@ def test_docs_render_offline_in_chromium(server: str, guarded: str, keyed: bool)
     outside = [url for url in requests if not url.startswith(base)]
     assert not outside, outside
     assert any(url.endswith("/docs/static/swagger-ui-bundle.js") for url in requests)
+
+
+# --- pure policy --------------------------------------------------------------------------------------------
+def test_escape_control_and_quote() -> None:
+    from stt_engine.api.errors import quote
+    from stt_engine.logging_setup import escape_control
+
+    assert escape_control("a\r\nb\x1b[31m\x85\u2028\t") == "a\\r\\nb\\x1b[31m\\x85\\u2028\\t"
+    assert escape_control("한국어 text") == "한국어 text"
+    assert quote("ko") == "'ko'"
+    long = quote("\x1b" + "x" * 900_000)
+    assert len(long) < 80 and "\x1b" not in long and "900001 characters" in long
+
+
+def test_repeat_limit_filter_summarises_a_flood() -> None:
+    import logging
+
+    from stt_engine.logging_setup import RepeatLimitFilter
+
+    limiter = RepeatLimitFilter(burst=3, window_s=0.2)
+
+    def record(level: int = logging.ERROR, msg: str = "accept() failed: %s") -> logging.LogRecord:
+        return logging.LogRecord("asyncio", level, __file__, 1, msg, ("EMFILE",), None)
+
+    passed = [limiter.filter(record()) for _ in range(100)]
+    assert sum(passed) == 3
+    assert all(limiter.filter(record(logging.INFO)) for _ in range(20))  # info lines are never limited
+    assert limiter.filter(record(msg="another error"))
+    time.sleep(0.25)
+    summary = record()
+    assert limiter.filter(summary) and "97 identical messages suppressed" in summary.getMessage()

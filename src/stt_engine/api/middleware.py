@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.routing import Match, Router
+from starlette.routing import Match, Mount, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stt_engine.api.errors import send_error
@@ -37,7 +37,13 @@ def route_label(scope: Scope, router: Router | None) -> str:
     """The route template (`/v1/audio/transcriptions`), never the raw path: bounded metric labels."""
     route = scope.get("route")
     if route is None and router is not None:  # answered before routing (401, 413): find the route ourselves
+        path = scope.get("path", "")
         for candidate in router.routes:
+            if isinstance(candidate, Mount):  # the mount has rewritten root_path by now: match on the prefix
+                if path.startswith(candidate.path + "/"):
+                    route = candidate
+                    break
+                continue
             match, _ = candidate.matches(scope)
             if match is not Match.NONE:
                 route = candidate
