@@ -93,7 +93,6 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "http": guarded_protocol(settings.server_header_timeout_s),
         "timeout_keep_alive": settings.server_keepalive_s,
         "limit_concurrency": settings.server_max_connections,
-        "h11_max_incomplete_event_size": 64 * 1024,  # one request head at most: a larger one is a 400
     }
 
 
