@@ -536,3 +536,27 @@ def test_repeat_limit_filter_summarises_a_flood() -> None:
     time.sleep(0.25)
     summary = record()
     assert limiter.filter(summary) and "97 identical messages suppressed" in summary.getMessage()
+
+
+def test_help_texts_describe_every_option() -> None:
+    from stt_engine.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name in ("serve", "transcribe"):
+        parser = sub.choices[name]  # type: ignore[union-attr]
+        assert parser.description
+        for action in parser._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    def flat(name: str) -> str:
+        return " ".join(sub.choices[name].format_help().split())  # type: ignore[union-attr]
+
+    assert "(default: 0.0.0.0)" in flat("serve") or "(default: 127.0.0.1)" in flat("serve")
+    assert "(default: text)" in flat("transcribe") and "(default: transcribe)" in flat("transcribe")
+
+
+def test_download_script_says_what_it_needs() -> None:
+    """Under a Python without the dependencies (-S: no site-packages) it names the missing package, no traceback."""
+    result = subprocess.run([sys.executable, "-S", str(REPO / "download_model.py"), "--help"],
+                            capture_output=True, text=True, timeout=60, cwd="/")
+    assert result.returncode == 2, result.stderr
+    assert "is missing" in result.stderr and "make install" in result.stderr and "Traceback" not in result.stderr
