@@ -65,7 +65,10 @@ class ApiKeyMiddleware:
         return ok
 
     def _is_open(self, path: str) -> bool:
-        return self._normalise(path) in self._open or path.startswith(self._open_prefixes)
+        if self._normalise(path) in self._open:
+            return True
+        # a prefix opens only plain file names under it: never a dot-segment climbing out
+        return path.startswith(self._open_prefixes) and "/." not in path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._digests:
