@@ -91,10 +91,16 @@ def test_open_paths(secured: str, path: str) -> None:
     assert httpx.get(secured + path).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/v1/models", "/openapi.json", "/"])
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/models/whisper-1", "/metricsx", "/docsx"])
 def test_everything_else_is_closed(secured: str, path: str) -> None:
     assert httpx.get(secured + path).status_code == 401
-    assert httpx.get(secured + path, headers={"Authorization": f"Bearer {KEYS[0]}"}).status_code == 200
+    expected = 404 if path.endswith("x") else 200
+    assert httpx.get(secured + path, headers={"Authorization": f"Bearer {KEYS[0]}"}).status_code == expected
+
+
+@pytest.mark.parametrize("path", ["/", "/docs", "/openapi.json", "/docs/static/swagger-ui.css"])
+def test_api_pages_stay_open_so_a_browser_can_ask_for_the_key(secured: str, path: str) -> None:
+    assert httpx.get(secured + path).status_code == 200
 
 
 def test_keys_never_logged_but_transcripts_are_when_enabled(secured: str, log_dir: Path) -> None:

@@ -36,6 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from stt_engine.api.app import create_app
+    from stt_engine.api.server import raise_open_file_limit, uvicorn_options, warn_if_exposed
     from stt_engine.logging_setup import configure_logging
     from stt_engine.models import resolve_model
 
@@ -49,6 +50,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     logging.getLogger("stt_engine").info("model: %s (%s, from %s)", resolved.name, resolved.path, resolved.source)
     app = create_app(settings, model=resolved)
+    warn_if_exposed(settings)
+    raise_open_file_limit(settings.server_max_connections)
     # uvicorn turns SIGTERM into a graceful stop (no new connections, in-flight requests finish within
     # SHUTDOWN_GRACE_S), then re-raises the signal with the handler it found installed. A no-op handler makes
     # that re-raise harmless, so a graceful stop exits 0 instead of dying by the signal.
@@ -59,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=settings.server_port,
         log_config=None,
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]  # uvicorn waits any float
+        **uvicorn_options(settings),
     )
     scheduler = app.state.scheduler
     if scheduler is not None and scheduler.stats.busy_workers:
@@ -102,6 +106,12 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     fmt = ResponseFormat(args.format)
     status = 0
     for name in args.files:
+        # A bad file is reported and skipped: the rest of the batch is still transcribed, and the exit status
+        # (1) says that something was missing.
+        if not Path(name).is_file():
+            print(f"stt-engine: {name}: no such file", file=sys.stderr)
+            status = 1
+            continue
         try:
             started = time.perf_counter()
             audio = decode(name, max_seconds=settings.max_audio_seconds)
@@ -109,6 +119,10 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             elapsed = time.perf_counter() - started
         except STTError as exc:
             print(f"stt-engine: {name}: {exc.message}", file=sys.stderr)
+            status = 1
+            continue
+        except OSError as exc:  # unreadable, vanished, a folder ...
+            print(f"stt-engine: {name}: {exc.strerror or exc}", file=sys.stderr)
             status = 1
             continue
         body = render(transcript, fmt, include_words=args.word_timestamps)
@@ -126,25 +140,54 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return status
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except the uninformative ones (unset, off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stt-engine", description="Self-hosted speech-to-text server (Whisper).")
     parser.add_argument("--version", action="version", version=f"stt-engine {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="start the HTTP server (settings from the environment / .env)")
-    serve.add_argument("--host", default=None, help="override SERVER_HOST")
-    serve.add_argument("--port", type=int, default=None, help="override SERVER_PORT")
+    defaults = get_settings()
+    serve = sub.add_parser(
+        "serve", help="start the HTTP server (settings from the environment / .env)",
+        formatter_class=_DefaultsFormatter,
+        description="Start the HTTP server: the /transcribe contract, the OpenAI audio API (/v1/...), /health, "
+        "/metrics and /docs. Every other setting comes from environment variables or ./.env (see .env.example); "
+        "the defaults shown are the current settings.",
+    )
+    serve.add_argument("--host", default=defaults.server_host, help="listen address (SERVER_HOST)")
+    serve.add_argument("--port", type=int, default=defaults.server_port, help="listen port (SERVER_PORT)")
     serve.set_defaults(func=cmd_serve)
 
-    tr = sub.add_parser("transcribe", help="transcribe files locally, without a server")
-    tr.add_argument("files", nargs="+", metavar="FILE")
-    tr.add_argument("--language", "-l", default=None, help="ISO-639-1 code (detected when omitted)")
-    tr.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
-    tr.add_argument("--format", "-f", choices=["text", "json", "verbose_json", "srt", "vtt"], default="text")
-    tr.add_argument("--prompt", default=None, help="initial prompt (vocabulary, style)")
-    tr.add_argument("--beam-size", type=int, default=None)
-    tr.add_argument("--word-timestamps", action="store_true")
-    tr.add_argument("--output-dir", "-o", default=None, help="write FILE.<ext> here instead of printing")
+    tr = sub.add_parser(
+        "transcribe", help="transcribe files locally, without a server",
+        formatter_class=_DefaultsFormatter,
+        description="Transcribe audio or video files with the local model (the one `serve` would load), no server "
+        "needed. Output goes to stdout, or to --output-dir. A file that is missing or cannot be decoded is "
+        "reported and skipped; the others are still transcribed, and the exit status is then 1.",
+    )
+    tr.add_argument("files", nargs="+", metavar="FILE", help="audio or video files (wav, flac, mp3, m4a, ogg, webm, mp4 ...)")
+    tr.add_argument(
+        "--language", "-l", default=None,
+        help="ISO-639-1 code such as en, ko, ja; detected per file when omitted (WHISPER_DEFAULT_LANGUAGE applies)",
+    )
+    tr.add_argument("--task", choices=["transcribe", "translate"], default="transcribe",
+                    help="transcribe in the spoken language, or translate into English")
+    tr.add_argument("--format", "-f", choices=["text", "json", "verbose_json", "srt", "vtt"], default="text",
+                    help="output format (the OpenAI response formats)")
+    tr.add_argument("--prompt", default=None, help="initial prompt: vocabulary, names, spelling and style to follow")
+    tr.add_argument("--beam-size", type=int, default=None,
+                    help=f"beam size, 1-20 (default: WHISPER_BEAM_SIZE, now {defaults.whisper_beam_size})")
+    tr.add_argument("--word-timestamps", action="store_true", help="add word timings (json and verbose_json)")
+    tr.add_argument("--output-dir", "-o", default=None,
+                    help="write FILE.<ext> into this folder instead of printing to stdout")
     tr.set_defaults(func=cmd_transcribe)
 
     _register_optional(sub)

@@ -50,6 +50,16 @@ class Settings(BaseSettings):
     log_dir: Path = Path("logs")
     log_level: str = "INFO"
     log_transcripts: bool = False
+    server_header_timeout_s: float = Field(
+        10.0, gt=0, description="A request's headers must arrive within this many seconds of its first byte."
+    )
+    server_body_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for the next piece of a request body (not the whole upload)."
+    )
+    server_keepalive_s: float = Field(5.0, gt=0, description="Idle keep-alive connections close after this.")
+    server_max_connections: int = Field(
+        1000, ge=1, description="Open connections plus requests in progress; past it new requests get 503."
+    )
 
     # --- admission control ----------------------------------------------------------------------
     max_queued_requests: int = Field(64, ge=1)
@@ -77,6 +87,9 @@ class Settings(BaseSettings):
     vllm_max_retries: int = Field(2, ge=0)
     vllm_max_tokens: int = Field(1024, ge=1)
     vllm_temperature: float = Field(0.2, ge=0, le=2)
+    vllm_max_response_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest LLM response read (streamed or whole); larger is an error."
+    )
     vllm_context_tokens: int | None = Field(None, description="Context size when /v1/models doesn't say.")
     prompts_dir: Path | None = Field(None, description="Folder overriding the shipped prompt templates.")
 

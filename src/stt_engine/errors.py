@@ -7,6 +7,19 @@ into the original contract's shape (`{"success": false, "error": {...}}`) or Ope
 
 from __future__ import annotations
 
+from stt_engine.logging_setup import escape_control
+
+QUOTE_CHARS = 40  # the most of a client's bad value an error message repeats
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """A client's value for an error message: quoted, control characters escaped, and cut to `limit` characters
+    (with the full length said), so a 900 kB bad field is not echoed back whole."""
+    text = escape_control(str(value))
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(str(value))} characters)"
+
 
 class STTError(Exception):
     """Base error: `status` is the HTTP status, `code` a stable identifier clients can switch on."""

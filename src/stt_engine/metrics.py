@@ -32,6 +32,13 @@ RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5, 10)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The method label's closed set: anything else a client sends (any token is a valid method) becomes "other".
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
+
+
+def method_label(method: str) -> str:
+    """A bounded label value for an HTTP method."""
+    return method if method in HTTP_METHODS else "other"
 
 
 class _SchedulerCollector(Collector):
@@ -48,11 +55,6 @@ class _SchedulerCollector(Collector):
         depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Requests admitted and not finished (queued or decoding).")
         queued_audio = GaugeMetricFamily(f"{PREFIX}_queue_audio_seconds", "Seconds of audio admitted and not finished.")
         busy = GaugeMetricFamily(f"{PREFIX}_busy_workers", "Model workers decoding a batch right now.")
-        recent_wait = GaugeMetricFamily(
-            f"{PREFIX}_queue_wait_recent_seconds",
-            "Queue wait (admission to first decoded chunk) over the scheduler's last 1000 requests.",
-            labels=["quantile"],
-        )
         if scheduler is not None:
             stats = scheduler.stats
             for outcome in ("submitted", "completed", "rejected", "cancelled", "failed"):
@@ -60,15 +62,11 @@ class _SchedulerCollector(Collector):
             depth.add_metric([], float(scheduler.queued_requests))
             queued_audio.add_metric([], float(scheduler.queued_seconds))
             busy.add_metric([], float(stats.busy_workers))
-            waits = sorted(stats.queue_wait_seconds)  # a copy: workers append concurrently
-            if waits:
-                for label, q in (("0.5", 0.5), ("0.95", 0.95), ("1", 1.0)):
-                    recent_wait.add_metric([label], waits[min(len(waits) - 1, int(q * len(waits)))])
         else:
             depth.add_metric([], 0.0)
             queued_audio.add_metric([], 0.0)
             busy.add_metric([], 0.0)
-        yield from (jobs, depth, queued_audio, busy, recent_wait)
+        yield from (jobs, depth, queued_audio, busy)
 
 
 class Metrics:
@@ -88,6 +86,11 @@ class Metrics:
         self.request_seconds = Histogram(
             f"{PREFIX}_http_request_duration_seconds", "Whole-request latency, first byte in to last byte out.",
             ["method", "route"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.unauthorized = Counter(
+            f"{PREFIX}_http_unauthorized_requests",
+            "Requests refused with 401 (one series, whatever their method or path: anonymous traffic adds none).",
+            registry=r,
         )
         self.in_flight = Gauge(f"{PREFIX}_http_requests_in_flight", "HTTP requests being served now.", registry=r)
 
@@ -139,6 +142,12 @@ class Metrics:
 
     # --- recording helpers --------------------------------------------------------------------------
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count and time a request. Labels stay in closed sets: `route` is a template or the unmatched value,
+        `method` is collapsed here, and a 401 only moves its own unlabelled counter."""
+        if status == 401:
+            self.unauthorized.inc()
+            return
+        method = method_label(method)
         self.requests.labels(method, route, str(status)).inc()
         self.request_seconds.labels(method, route).observe(seconds)
 

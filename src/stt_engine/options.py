@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from stt_engine.config import Settings
-from stt_engine.errors import InvalidRequest
+from stt_engine.errors import InvalidRequest, quote
 
 Task = Literal["transcribe", "translate"]
 
 # faster-whisper's default schedule: decode at 0, and raise the temperature while a decode looks broken.
 DEFAULT_TEMPERATURES: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-_QUOTE_CHARS = 40
 
 
 @dataclass(frozen=True)
@@ -34,12 +33,6 @@ class TranscribeOptions:
     word_timestamps: bool = False
     vad_filter: bool = True
     condition_on_previous_text: bool = False
-
-
-def quote(value: str) -> str:
-    """A short, printable prefix of a client's value, safe to echo in an error message."""
-    shown = value[:_QUOTE_CHARS].encode("unicode_escape").decode("ascii")
-    return repr(shown + ("…" if len(value) > _QUOTE_CHARS else ""))
 
 
 def parse_language(value: str | None, supported: Collection[str]) -> str | None:

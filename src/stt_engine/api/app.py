@@ -7,15 +7,20 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import numpy as np
-from fastapi import FastAPI
+import swagger_ui_bundle
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from stt_engine import __version__
 from stt_engine.api.errors import install_error_handlers
 from stt_engine.api.postprocess_routes import router as postprocess_router
-from stt_engine.api.middleware import RequestContextMiddleware, UploadLimitMiddleware
+from stt_engine.api.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from stt_engine.api.routes import router
 from stt_engine.api.security import install_security
 from stt_engine.audio import SAMPLE_RATE, DecodedAudio
@@ -81,6 +86,8 @@ def create_app(settings: Settings | None = None, *, model: ResolvedModel | None 
         description="Self-hosted speech-to-text: Whisper (faster-whisper) behind the original `/transcribe` "
         "contract and the OpenAI audio API.",
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs from the package's own Swagger UI files, never from a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = None
@@ -94,12 +101,61 @@ def create_app(settings: Settings | None = None, *, model: ResolvedModel | None 
     install_error_handlers(app)
     # add_middleware wraps: the last added runs first. Order, outside in: request id/access log/metrics, CORS,
     # API key (an unauthenticated upload gets 401, not 413), upload size guard.
-    app.add_middleware(UploadLimitMiddleware, max_upload_mb=settings.max_upload_mb, metrics=app.state.metrics)
+    app.add_middleware(
+        BodyGuardMiddleware, max_upload_mb=settings.max_upload_mb, body_timeout_s=settings.server_body_timeout_s,
+        metrics=app.state.metrics,
+    )
     install_security(app, settings)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, router=app.router)
     app.include_router(router)
     app.include_router(postprocess_router)
+    install_docs(app, settings)
     return app
+
+
+DOCS_STATIC = "/docs/static"
+
+
+def install_docs(app: FastAPI, settings: Settings) -> None:
+    """`/docs` from the Swagger UI files shipped in the `swagger-ui-bundle-v2` package: the page makes no request
+    beyond this server, so it works air-gapped. With API_KEYS set the schema declares a bearer scheme, so the
+    page's Authorize button asks for the key and sends it with every "Try it out"."""
+    app.mount(DOCS_STATIC, StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="docs-static")
+    oauth2_redirect = "/docs/oauth2-redirect"
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} - API docs",
+            swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_STATIC}/favicon-32x32.png",
+            oauth2_redirect_url=oauth2_redirect,
+            swagger_ui_parameters={"persistAuthorization": True},
+        )
+
+    @app.get(oauth2_redirect, include_in_schema=False)
+    async def docs_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    if not settings.api_keys:
+        return
+    plain_openapi = app.openapi
+
+    def openapi_with_bearer() -> dict[str, Any]:
+        schema = plain_openapi()
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes["apiKey"] = {
+            "type": "http", "scheme": "bearer", "description": "One of the server's API_KEYS.",
+        }
+        schema["security"] = [{"apiKey": []}]
+        for path in settings.auth_open_paths:
+            for operation in schema.get("paths", {}).get(path, {}).values():
+                operation["security"] = [{}, {"apiKey": []}]  # open; a key only adds details
+        return schema
+
+    app.openapi = openapi_with_bearer  # type: ignore[method-assign]
 
 
 async def _load(app: FastAPI, settings: Settings, model: ResolvedModel | None) -> None:

@@ -15,9 +15,20 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Scope, Send
 
-from stt_engine.errors import InvalidRequest, STTError
+from stt_engine.errors import InvalidRequest, STTError, quote
+from stt_engine.logging_setup import escape_control
 
 log = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 1000  # a safety net for messages built elsewhere
+
+
+def _safe_message(message: str) -> str:
+    """Messages are escaped, and cut when something upstream quoted a client's value whole."""
+    message = escape_control(message)
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + f"… (message cut at {MAX_MESSAGE_CHARS} characters)"
+    return message
 
 
 def is_openai_route(path: str) -> bool:
@@ -28,10 +39,13 @@ def error_body(path: str, error: STTError, request_id: str | None = None) -> dic
     """The error in the shape the route at `path` promises (middleware has a path, not a `Request`)."""
     if is_openai_route(path):
         body: dict = {
-            "error": {"message": error.message, "type": error.error_type, "param": error.param, "code": error.code}
+            "error": {
+                "message": _safe_message(error.message), "type": error.error_type, "param": error.param,
+                "code": error.code,
+            }
         }
     else:
-        body = {"success": False, "error": {"code": error.code, "message": error.message}}
+        body = {"success": False, "error": {"code": error.code, "message": _safe_message(error.message)}}
     if request_id:
         body["error"]["request_id"] = request_id
     return body

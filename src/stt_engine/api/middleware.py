@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request id + access log + request metrics, and the upload size guard.
+"""Pure ASGI middleware: request id + access log + request metrics, and the request body guard (size, read time).
 
 Pure ASGI (not `BaseHTTPMiddleware`) so request bodies stream through untouched and `http.disconnect` still
 reaches the transcription route, which listens for it to drop work a client abandoned.
@@ -6,6 +6,7 @@ reaches the transcription route, which listens for it to drop work a client aban
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -13,11 +14,11 @@ import uuid
 from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.routing import Match, Router
+from starlette.routing import Match, Mount, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stt_engine.api.errors import send_error
-from stt_engine.errors import PayloadTooLarge, STTError
+from stt_engine.errors import InvalidRequest, PayloadTooLarge, STTError
 from stt_engine.logging_setup import request_id_var
 from stt_engine.metrics import Metrics
 
@@ -25,7 +26,8 @@ access_log = logging.getLogger("stt_engine.access")
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")  # safe to echo in a header and to log
+# Short and printable (a subset of visible ASCII), so it is safe to echo in a header and to log; else replaced.
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _FORM_OVERHEAD_BYTES = 1 << 20  # multipart framing and the small form fields beside the file
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 UNMATCHED_ROUTE = "<unmatched>"  # one label for every unknown path, so scanners can't blow up label counts
@@ -35,7 +37,13 @@ def route_label(scope: Scope, router: Router | None) -> str:
     """The route template (`/v1/audio/transcriptions`), never the raw path: bounded metric labels."""
     route = scope.get("route")
     if route is None and router is not None:  # answered before routing (401, 413): find the route ourselves
+        path = scope.get("path", "")
         for candidate in router.routes:
+            if isinstance(candidate, Mount):  # the mount has rewritten root_path by now: match on the prefix
+                if path.startswith(candidate.path + "/"):
+                    route = candidate
+                    break
+                continue
             match, _ = candidate.matches(scope)
             if match is not Match.NONE:
                 route = candidate
@@ -45,7 +53,7 @@ def route_label(scope: Scope, router: Router | None) -> str:
 
 def _incoming_request_id(scope: Scope) -> str | None:
     value = Headers(scope=scope).get(REQUEST_ID_HEADER)
-    return value if value and _VALID_REQUEST_ID.match(value) else None
+    return value if value and len(value) <= 128 and _VALID_REQUEST_ID.match(value) else None
 
 
 class RequestContextMiddleware:
@@ -103,6 +111,7 @@ class RequestContextMiddleware:
         if status == 200 and audio and processing is not None:
             self.metrics.observe_transcription(route, audio, processing, wait)
         client = scope.get("client")
+        method = method[:16]  # any token is a valid method; the log needs no more (the formatter escapes it)
         fields: dict[str, Any] = {
             "method": method,
             "path": scope.get("path", "")[:200],
@@ -128,29 +137,44 @@ class RequestContextMiddleware:
         )
 
 
-class UploadLimitMiddleware:
-    """Refuses request bodies over MAX_UPLOAD_MB (plus form overhead) with a 413 in the route's error shape.
+class BodyGuardMiddleware:
+    """Bounds a request body in size and in read time, answering in the route's error shape.
 
-    A declared `Content-Length` over the limit is refused before a byte of the body is read; a body without one
-    (chunked) is counted as it streams in and refused the moment it crosses the limit. The route still checks
-    the file itself against the exact limit while copying it.
+    Size: refuses bodies over MAX_UPLOAD_MB (plus form overhead) with 413. A declared `Content-Length` over the
+    limit is refused before a byte of the body is read; a body without one (chunked) is counted as it streams in
+    and refused the moment it crosses the limit. The route still checks the file against the exact limit.
+
+    Time: each piece of the body must arrive within `body_timeout_s` of the previous one (SERVER_BODY_TIMEOUT_S),
+    else 408 and the connection is closed: an upload trickling a byte a second cannot hold a connection. Only
+    the body is timed; once it is complete, waits (the route listening for a disconnect) pass through untouched.
     """
 
-    def __init__(self, app: ASGIApp, *, max_upload_mb: float, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_upload_mb: float, body_timeout_s: float | None = None, metrics: Metrics | None = None
+    ) -> None:
         self.app = app
         self.max_upload_mb = max_upload_mb
         self.limit = int(max_upload_mb * 1024 * 1024) + _FORM_OVERHEAD_BYTES
+        self.body_timeout_s = body_timeout_s
         self.metrics = metrics
 
-    def _error(self) -> PayloadTooLarge:
+    def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(
             f"The upload is larger than this server's limit of {self.max_upload_mb:g} MB (MAX_UPLOAD_MB).",
             param="file",
         )
 
-    def _count_rejection(self) -> None:
+    def _too_slow(self) -> STTError:
+        error = InvalidRequest(
+            f"The request body stalled: no data for {self.body_timeout_s:g} s (SERVER_BODY_TIMEOUT_S).",
+            code="body_timeout", status=408,
+        )
+        error.headers = {"Connection": "close"}
+        return error
+
+    def _count_rejection(self, reason: str) -> None:
         if self.metrics is not None:
-            self.metrics.upload_rejected.labels("too_large").inc()
+            self.metrics.upload_rejected.labels(reason).inc()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") not in _BODY_METHODS:
@@ -158,37 +182,54 @@ class UploadLimitMiddleware:
             return
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            self._count_rejection()
-            await send_error(scope, send, self._error())
+            self._count_rejection("too_large")
+            await send_error(scope, send, self._too_large())
             return
 
         received = 0
-        tripped = False
+        body_done = False
+        tripped: tuple[str, STTError] | None = None
         response_started = False
 
-        async def counting_receive() -> Message:
-            nonlocal received, tripped
-            message = await receive()
+        async def guarded_receive() -> Message:
+            nonlocal received, body_done, tripped
+            if body_done or self.body_timeout_s is None:
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), self.body_timeout_s)
+                except TimeoutError:
+                    tripped = ("body_timeout", self._too_slow())
+                    raise tripped[1] from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > self.limit:
-                    tripped = True
-                    raise self._error()
+                    tripped = ("too_large", self._too_large())
+                    raise tripped[1]
+            elif message["type"] == "http.disconnect":
+                body_done = True
             return message
 
         async def guarded_send(message: Message) -> None:
             nonlocal response_started
-            if tripped and not response_started:
-                return  # whatever the app makes of the aborted body, the answer is our 413
+            if tripped is not None and not response_started:
+                return  # whatever the app makes of the aborted body, the answer is ours
             if message["type"] == "http.response.start":
                 response_started = True
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, guarded_send)
+            await self.app(scope, guarded_receive, guarded_send)
         except Exception:
-            if not tripped or response_started:
+            if tripped is None or response_started:
                 raise
-        if tripped and not response_started:
-            self._count_rejection()
-            await send_error(scope, send, self._error())
+        if tripped is not None and not response_started:
+            reason, error = tripped
+            self._count_rejection(reason)
+            if reason == "body_timeout":
+                log.info("request body stalled for %g s; answered 408 and closed", self.body_timeout_s)
+            await send_error(scope, send, error)
+
+
+UploadLimitMiddleware = BodyGuardMiddleware  # the earlier name

@@ -1,7 +1,8 @@
 """`POST /v1/postprocess`: post-process text the caller already has (no audio).
 
 Same result shape as the ``postprocess`` key of `/transcribe`, and the same promise: an LLM failure is a
-200 with ``error`` set, so clients handle one shape; only caller mistakes are 4xx.
+200 with ``error`` set, so clients handle one shape; only caller mistakes are 4xx. A server with no LLM
+configured (no VLLM_BASE_URL) answers 503: this route does nothing else, so there is no partial result to give.
 """
 
 from __future__ import annotations
@@ -56,8 +57,16 @@ def get_postprocessor(request: Request) -> PostProcessor:
     return processor
 
 
-@router.post("/v1/postprocess", response_model=PostprocessResult)
+@router.post(
+    "/v1/postprocess", response_model=PostprocessResult,
+    responses={503: {"description": "No LLM server is configured (VLLM_BASE_URL), or the server is starting."}},
+)
 async def postprocess(body: PostprocessRequest, request: Request) -> dict[str, Any]:
     """Correct, summarize or turn into minutes a transcript sent as text."""
     processor = get_postprocessor(request)
+    if not processor.enabled:
+        raise STTError(
+            "Post-processing is not configured on this server: set VLLM_BASE_URL to an OpenAI-compatible LLM server.",
+            code="llm_not_configured", status=503,
+        )
     return await processor.run(body.text, body.task, body.prompt, body.language)

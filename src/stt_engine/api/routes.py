@@ -8,9 +8,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from stt_engine.api.errors import quote
+from stt_engine.api.schemas import TEXT_RESPONSES, TranscribeResponse, TranscriptionJson, TranscriptionVerbose
+from stt_engine.api.security import is_authenticated
 from stt_engine.api.transcription import stream_upload, transcribe_upload
-from stt_engine.errors import InvalidRequest, NotReady
 from stt_engine.engine import Transcript
+from stt_engine.errors import InvalidRequest, NotReady, STTError
 from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render
 from stt_engine.options import build_options
 from stt_engine.metrics import CONTENT_TYPE
@@ -18,6 +21,12 @@ from stt_engine.metrics import CONTENT_TYPE
 router = APIRouter()
 
 FileField = Annotated[UploadFile | None, File(description="Audio or video file (wav, flac, mp3, m4a, ogg, webm, mp4 …)")]
+# Bounds on short form fields: a longer value is refused by validation, whose message never echoes it back.
+_LANGUAGE_MAX = 35  # the longest BCP-47 tag anyone sends (zh-Hant-TW, ...)
+_TASK_MAX = 40
+LanguageField = Annotated[
+    str | None, Form(max_length=_LANGUAGE_MAX, description="ISO-639-1 code, e.g. ko; detected when absent")
+]
 
 
 # --- health -------------------------------------------------------------------------------------------
@@ -37,10 +46,18 @@ def _model_info(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/health", tags=["health"], summary="Liveness and model status (503 while the model loads)")
+@router.get(
+    "/health", tags=["health"], summary="Liveness and model status (503 while the model loads)",
+    description="With API_KEYS set, a caller without a key sees the status only; with a key, the details "
+    "(model, device, queue, LLM server).",
+)
 async def health(request: Request) -> JSONResponse:
     state = request.app.state
-    body: dict[str, Any] = {"status": "ok" if state.engine is not None else state.load_status, **_model_info(request)}
+    status_code = 200 if state.engine is not None else 503
+    status = "ok" if state.engine is not None else state.load_status
+    if not is_authenticated(request.state, state.settings):
+        return JSONResponse({"status": status}, status_code=status_code)
+    body: dict[str, Any] = {"status": status, **_model_info(request)}
     if state.load_error:
         body["error"] = state.load_error
     scheduler = state.scheduler
@@ -63,14 +80,15 @@ async def health(request: Request) -> JSONResponse:
     postprocessor = getattr(state, "postprocessor", None)
     if postprocessor is not None and postprocessor.enabled:
         body["llm"] = await postprocessor.health_snapshot()
-    return JSONResponse(body, status_code=200 if state.engine is not None else 503)
+    return JSONResponse(body, status_code=status_code)
 
 
 @router.get("/health/ready", tags=["health"], summary="Ready: model loaded and warmed up with a real decode")
 async def ready(request: Request) -> JSONResponse:
     state = request.app.state
     ok = state.engine is not None and state.warmed_up
-    return JSONResponse({"ready": ok, "status": state.load_status, **_model_info(request)}, status_code=200 if ok else 503)
+    details = _model_info(request) if is_authenticated(request.state, state.settings) else {}
+    return JSONResponse({"ready": ok, "status": state.load_status, **details}, status_code=200 if ok else 503)
 
 
 @router.get("/metrics", tags=["health"], summary="Prometheus metrics (text exposition format)")
@@ -87,16 +105,21 @@ def _languages(request: Request) -> frozenset[str]:
 
 
 # --- original contract ----------------------------------------------------------------------------------
-@router.post("/transcribe", tags=["original"], summary="Transcribe a file (original contract)")
+@router.post(
+    "/transcribe", tags=["original"], summary="Transcribe a file (original contract)",
+    response_model=TranscribeResponse, response_model_exclude_none=True,
+)
 async def transcribe(
     request: Request,
     file: FileField = None,
-    language: Annotated[str | None, Form(description="ISO-639-1 code, e.g. ko; detected when absent")] = None,
+    language: LanguageField = None,
     prompt: Annotated[str | None, Form()] = None,
     hotwords: Annotated[str | None, Form()] = None,
     task: Annotated[str, Form(pattern="^(transcribe|translate)$")] = "transcribe",
     word_timestamps: Annotated[bool, Form()] = False,
-    postprocess: Annotated[str | None, Form(description="correct | summarize | minutes | custom")] = None,
+    postprocess: Annotated[
+        str | None, Form(max_length=_TASK_MAX, description="correct | summarize | minutes | custom")
+    ] = None,
     postprocess_prompt: Annotated[str | None, Form(description="Instruction for postprocess=custom")] = None,
     stream: Annotated[bool, Form(description="Server-Sent Events: text deltas as segments become final")] = False,
 ) -> Response:
@@ -119,7 +142,7 @@ async def transcribe(
 
 
 def _original_body(t: Transcript) -> dict[str, Any]:
-    """The original contract's fields for a transcript (beyond `success`)."""
+    """The original contract's fields for a transcript (beyond `success` and `processing_time`)."""
     return {
         "text": t.text,
         "language": t.language,
@@ -148,7 +171,7 @@ def _parse_format(value: str | None) -> ResponseFormat:
     except ValueError:
         allowed = ", ".join(f.value for f in ResponseFormat)
         raise InvalidRequest(
-            f"Unsupported response_format '{value}'. Use one of: {allowed}.",
+            f"Unsupported response_format {quote(value)}. Use one of: {allowed}.",
             param="response_format", code="invalid_response_format",
         ) from None
 
@@ -199,18 +222,24 @@ async def _openai_audio(
 _FORMAT_HELP = "json | text | srt | verbose_json | vtt"
 
 
-@router.post("/v1/audio/transcriptions", tags=["openai"], summary="OpenAI-compatible transcription")
+_OPENAI_JSON = TranscriptionVerbose | TranscriptionJson
+
+
+@router.post(
+    "/v1/audio/transcriptions", tags=["openai"], summary="OpenAI-compatible transcription",
+    response_model=_OPENAI_JSON, response_model_exclude_none=True, responses=TEXT_RESPONSES,
+)
 async def openai_transcriptions(
     request: Request,
     file: FileField = None,
     model: Annotated[str | None, Form(description="Any value; the loaded model answers")] = None,
-    language: Annotated[str | None, Form()] = None,
+    language: LanguageField = None,
     prompt: Annotated[str | None, Form()] = None,
     response_format: Annotated[str | None, Form(description=_FORMAT_HELP)] = None,
     temperature: Annotated[float | None, Form()] = None,
     timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
     hotwords: Annotated[str | None, Form()] = None,
-    postprocess: Annotated[str | None, Form()] = None,
+    postprocess: Annotated[str | None, Form(max_length=_TASK_MAX)] = None,
     postprocess_prompt: Annotated[str | None, Form()] = None,
     stream: Annotated[bool, Form(description="Server-Sent Events in OpenAI's shape, for any model")] = False,
 ) -> Response:
@@ -220,7 +249,10 @@ async def openai_transcriptions(
     )
 
 
-@router.post("/v1/audio/translations", tags=["openai"], summary="OpenAI-compatible translation to English")
+@router.post(
+    "/v1/audio/translations", tags=["openai"], summary="OpenAI-compatible translation to English",
+    response_model=_OPENAI_JSON, response_model_exclude_none=True, responses=TEXT_RESPONSES,
+)
 async def openai_translations(
     request: Request,
     file: FileField = None,
@@ -234,15 +266,31 @@ async def openai_translations(
     )
 
 
-@router.get("/v1/models", tags=["openai"], summary="The served model")
-async def openai_models(request: Request) -> JSONResponse:
+def _served_models(request: Request) -> list[dict[str, Any]]:
     engine = request.app.state.engine
     created = int(request.app.state.started_at)
     names = ["whisper-1"]
     if engine is not None:
         names.insert(0, engine.resolved.name)
-    data = [{"id": n, "object": "model", "created": created, "owned_by": "stt-engine"} for n in names]
-    return JSONResponse({"object": "list", "data": data})
+    return [{"id": n, "object": "model", "created": created, "owned_by": "stt-engine"} for n in names]
+
+
+@router.get("/v1/models", tags=["openai"], summary="The served model")
+async def openai_models(request: Request) -> JSONResponse:
+    return JSONResponse({"object": "list", "data": _served_models(request)})
+
+
+@router.get("/v1/models/{model_id:path}", tags=["openai"], summary="One served model (the SDK's models.retrieve)")
+async def openai_model(request: Request, model_id: str) -> JSONResponse:
+    for entry in _served_models(request):
+        if entry["id"] == model_id:
+            return JSONResponse(entry)
+    error = STTError(
+        f"The model {quote(model_id)} does not exist on this server; GET /v1/models lists the served ones.",
+        status=404, code="model_not_found", param="model",
+    )
+    error.error_type = "invalid_request_error"  # OpenAI's type for an unknown model id
+    raise error
 
 
 @router.get("/", include_in_schema=False)

@@ -28,14 +28,26 @@ def _digest(value: str) -> bytes:
 class ApiKeyMiddleware:
     """401 in the route's error shape unless `Authorization: Bearer <key>` names one of `API_KEYS`.
 
-    Paths in `AUTH_OPEN_PATHS` (health, metrics) stay open for probes and scrapers. Every configured key is
-    compared, in constant time, whatever the outcome; keys and headers are never logged.
+    Paths in `AUTH_OPEN_PATHS` (health, metrics) stay open for probes and scrapers, and the API's own pages
+    (`/`, `/docs` and its assets, `/openapi.json`) stay open so a browser can load them and then enter a key with
+    Swagger's Authorize button; they hold nothing a key protects. A request that does present a valid key is
+    marked (`scope["state"]["authenticated"]`), so open routes such as `/health` can show more to it.
+    Every configured key is compared, in constant time, whatever the outcome; keys and headers are never logged.
     """
 
-    def __init__(self, app: ASGIApp, *, keys: Iterable[str], open_paths: Iterable[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        keys: Iterable[str],
+        open_paths: Iterable[str],
+        public_paths: Iterable[str] = (),
+        public_prefixes: Iterable[str] = (),
+    ) -> None:
         self.app = app
         self._digests = [_digest(k) for k in keys if k]
-        self._open = {self._normalise(p) for p in open_paths}
+        self._open = {self._normalise(p) for p in (*open_paths, *public_paths)}
+        self._open_prefixes = tuple(public_prefixes)
 
     @staticmethod
     def _normalise(path: str) -> str:
@@ -52,12 +64,22 @@ class ApiKeyMiddleware:
             ok |= hmac.compare_digest(presented, digest)
         return ok
 
+    def _is_open(self, path: str) -> bool:
+        if self._normalise(path) in self._open:
+            return True
+        # a prefix opens only plain file names under it: never a dot-segment climbing out
+        return path.startswith(self._open_prefixes) and "/." not in path
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._digests or self._normalise(scope.get("path", "")) in self._open:
+        if scope["type"] != "http" or not self._digests:
             await self.app(scope, receive, send)
             return
         header = Headers(scope=scope).get("authorization")
         if self._authorised(header):
+            scope.setdefault("state", {})["authenticated"] = True
+            await self.app(scope, receive, send)
+            return
+        if self._is_open(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
         message = (
@@ -66,10 +88,25 @@ class ApiKeyMiddleware:
         await send_error(scope, send, Unauthorized(message), {"WWW-Authenticate": "Bearer"})
 
 
+# The API's own pages: a browser must load them before it can be given a key.
+PUBLIC_PATHS = ("/", "/docs", "/docs/oauth2-redirect", "/openapi.json")
+PUBLIC_PREFIXES = ("/docs/static/",)
+
+
+def is_authenticated(scope_state: object, settings: Settings) -> bool:
+    """True when no keys are configured, or the request presented a valid one."""
+    if not settings.api_keys:
+        return True
+    return bool(getattr(scope_state, "authenticated", False))
+
+
 def install_security(app: FastAPI, settings: Settings) -> None:
     """API keys inside, CORS outside it: a browser's preflight (no credentials) must be answered, not refused."""
     if settings.api_keys:
-        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, open_paths=settings.auth_open_paths)
+        app.add_middleware(
+            ApiKeyMiddleware, keys=settings.api_keys, open_paths=settings.auth_open_paths,
+            public_paths=PUBLIC_PATHS, public_prefixes=PUBLIC_PREFIXES,
+        )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

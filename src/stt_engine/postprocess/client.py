@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import httpx2
 import openai
 
 from stt_engine.postprocess.errors import (
@@ -41,6 +42,7 @@ Message = dict[str, str]
 Payload = dict[str, Any]
 
 _USER_AGENT = "stt-engine-postprocess"
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 _SUFFIXES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1")
 # Keys under which servers report a model's context size in /v1/models (vLLM, llama.cpp, others).
 _CONTEXT_KEYS = ("max_model_len", "context_length", "context_window", "max_context_length", "n_ctx")
@@ -156,6 +158,7 @@ class LLMClient:
         max_retries: int = 2,
         max_tokens: int = 1024,
         temperature: float = 0.2,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.base_url = normalize_base_url(base_url)
         self.api_key = api_key or None
@@ -165,6 +168,7 @@ class LLMClient:
         self.max_retries = max_retries
         self.max_tokens = max_tokens
         self.temperature = temperature
+        self.max_response_bytes = max_response_bytes
         self._client: openai.AsyncOpenAI | None = self._new_sdk()
         self._client_loop: asyncio.AbstractEventLoop | None = None  # bound on first use
         self._cache = _Cache(model=self.configured_model)
@@ -184,6 +188,7 @@ class LLMClient:
             max_retries=settings.vllm_max_retries,
             max_tokens=settings.vllm_max_tokens,
             temperature=settings.vllm_temperature,
+            max_response_bytes=settings.vllm_max_response_bytes,
         )
 
     # --- plumbing ---------------------------------------------------------------------------------
@@ -201,6 +206,9 @@ class LLMClient:
             timeout=openai.Timeout(self.timeout_s, connect=self.connect_timeout_s),
             max_retries=self.max_retries,
             default_headers={"User-Agent": _USER_AGENT},
+            http_client=openai.DefaultAsyncHttpxClient(
+                transport=_CappedTransport(httpx2.AsyncHTTPTransport(), self.max_response_bytes)
+            ),
         )
 
     def _sdk(self, *, retries: int | None = None, timeout_s: float | None = None) -> openai.AsyncOpenAI:
@@ -239,6 +247,13 @@ class LLMClient:
     def _error(self, exc: BaseException, path: str, limit: float | None = None) -> LLMError:
         """Our `LLMError` for whatever the SDK (or the time budget of `limit` seconds) raised."""
         url = self.url(path)
+        cause: BaseException | None = exc
+        while cause is not None:  # the size cap, however deep the SDK wrapped it
+            if isinstance(cause, ResponseTooLarge):
+                return LLMResponseError(
+                    f"{url} sent more than {cause.limit} bytes; the response was dropped (VLLM_MAX_RESPONSE_BYTES)"
+                )
+            cause = cause.__cause__ or cause.__context__
         if isinstance(exc, openai.APIStatusError):
             # The SDK has read the body: our parser knows vLLM's envelopes and names the setting to check.
             response = exc.response
@@ -476,3 +491,46 @@ class LLMClient:
             result.update(error={"code": "llm_error", "message": f"{type(exc).__name__}: {exc}"})
         result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
         return result
+
+
+class ResponseTooLarge(httpx2.ReadError):
+    """An upstream body passed `VLLM_MAX_RESPONSE_BYTES`. A read error to the SDK, so it stops (and retries, as for
+    any broken read); `LLMClient._error` names the setting."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"response larger than {limit} bytes")
+        self.limit = limit
+
+
+class _CappedStream(httpx2.AsyncByteStream):
+    def __init__(self, inner: httpx2.AsyncByteStream, limit: int) -> None:
+        self._inner, self._limit = inner, limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        size = 0
+        async for chunk in self._inner:
+            size += len(chunk)
+            if size > self._limit:
+                raise ResponseTooLarge(self._limit)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _CappedTransport(httpx2.AsyncBaseTransport):
+    """Every byte the SDK receives, whole bodies and streams alike (a line that never ends included), counts toward
+    one bound per response: an upstream that never stops sending costs bounded memory."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport, limit: int) -> None:
+        self._inner, self._limit = inner, limit
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self._inner.handle_async_request(request)
+        return httpx2.Response(
+            response.status_code, headers=response.headers, extensions=response.extensions,
+            stream=_CappedStream(response.stream, self._limit),  # type: ignore[arg-type]
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

@@ -1,0 +1,94 @@
+"""Response models of the transcription routes, for `/docs` and the OpenAPI schema.
+
+The routes build their JSON themselves (the wire format predates these models and must not change), so these
+models describe it; `tests/test_http_hardening.py` checks that real responses validate against them.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stt_engine.api.postprocess_routes import PostprocessResult
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- original contract: POST /transcribe ----------------------------------------------------------------
+class TranscribeWord(_Strict):
+    word: str
+    start: float
+    end: float
+
+
+class TranscribeSegment(_Strict):
+    start: float
+    end: float
+    text: str
+    words: list[TranscribeWord] | None = Field(None, description="Present with `word_timestamps=true`.")
+
+
+class TranscribeResponse(_Strict):
+    success: bool = True
+    text: str
+    language: str | None = Field(description="Detected or requested language (ISO-639-1).")
+    language_probability: float
+    duration: float = Field(description="Audio length in seconds.")
+    processing_time: float = Field(description="Seconds from upload received to transcript ready.")
+    segments: list[TranscribeSegment]
+    postprocess: PostprocessResult | None = Field(None, description="Present when `postprocess` was asked for.")
+
+
+# --- OpenAI: POST /v1/audio/transcriptions and /v1/audio/translations --------------------------------------
+class TranscriptionJson(_Strict):
+    """`response_format=json` (the default)."""
+
+    text: str
+    language: str | None = Field(None, description="Present with `postprocess`.")
+    postprocess: PostprocessResult | None = Field(None, description="Present when `postprocess` was asked for.")
+
+
+class VerboseSegment(_Strict):
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+
+
+class VerboseWord(_Strict):
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+class TranscriptionVerbose(_Strict):
+    """`response_format=verbose_json`."""
+
+    task: str
+    language: str | None
+    duration: float
+    text: str
+    segments: list[VerboseSegment]
+    words: list[VerboseWord] | None = Field(None, description="Present with `timestamp_granularities[]=word`.")
+    postprocess: PostprocessResult | None = Field(None, description="Present when `postprocess` was asked for.")
+
+
+# text, srt and vtt are plain text in their own media types
+TEXT_RESPONSES = {
+    200: {
+        "description": "The transcript: JSON for `json`/`verbose_json`, text for `text`, `srt` and `vtt`.",
+        "content": {
+            "text/plain": {"schema": {"type": "string"}},
+            "application/x-subrip": {"schema": {"type": "string"}},
+            "text/vtt": {"schema": {"type": "string"}},
+        },
+    }
+}
