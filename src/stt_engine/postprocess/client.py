@@ -275,7 +275,7 @@ class LLMClient:
         """Run one SDK request (with its retries) within the time budget; its answer as plain JSON values."""
         limit = self.timeout_s if timeout_s is None else timeout_s
         try:
-            async with asyncio.timeout(limit + self.connect_timeout_s):
+            async with asyncio.timeout(limit):
                 return _as_dict(await request())
         except (openai.OpenAIError, TimeoutError) as exc:
             raise self._error(exc, path, limit) from exc
@@ -403,7 +403,7 @@ class LLMClient:
         body = {**body, "model": body["model"] or await self.resolve_model(), "stream": True}
         body.setdefault("stream_options", {"include_usage": True})
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s + self.connect_timeout_s
+        deadline = loop.time() + self.timeout_s
         try:
             async with asyncio.timeout_at(deadline):
                 stream = await self._create(chat)(**body)  # the SDK retried 429/5xx before the stream began
