@@ -8,9 +8,11 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from stt_engine import __version__
 from stt_engine.config import get_settings
@@ -29,6 +31,27 @@ def _register_optional(subparsers: argparse._SubParsersAction) -> None:
         registrars.append(module.register)
     for register in registrars:
         register(subparsers)
+
+
+_DRAIN_MARGIN_S = 5.0
+
+
+def _draining_server(config: Any, app: Any) -> Any:
+    """uvicorn's server, plus: on SIGTERM the scheduler starts draining at once, so a request still waiting when
+    SHUTDOWN_GRACE_S ends gets a 503 in its route's error shape, not uvicorn's plain 500 when it cuts connections."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            scheduler = app.state.scheduler
+            if scheduler is not None and not getattr(app.state, "draining", False):
+                app.state.draining = True
+                threading.Thread(
+                    target=scheduler.close, args=(app.state.settings.shutdown_grace_s,), name="stt-drain", daemon=True
+                ).start()
+
+    return DrainingServer(config)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -52,18 +75,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings, model=resolved)
     warn_if_exposed(settings)
     raise_open_file_limit(settings.server_max_connections)
-    # uvicorn turns SIGTERM into a graceful stop (no new connections, in-flight requests finish within
-    # SHUTDOWN_GRACE_S), then re-raises the signal with the handler it found installed. A no-op handler makes
-    # that re-raise harmless, so a graceful stop exits 0 instead of dying by the signal.
+    # uvicorn turns SIGTERM into a graceful stop (no new connections, in-flight requests finish), then re-raises
+    # the signal with the handler it found installed. A no-op handler makes that re-raise harmless, so a graceful
+    # stop exits 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, _stopped_by_sigterm)
-    uvicorn.run(
-        app,
-        host=settings.server_host,
-        port=settings.server_port,
-        log_config=None,
-        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]  # uvicorn waits any float
+    config = uvicorn.Config(
+        app, host=settings.server_host, port=settings.server_port, log_config=None,
+        # our drain answers what is left with 503 at SHUTDOWN_GRACE_S; uvicorn's own cut comes after, as a backstop
+        timeout_graceful_shutdown=settings.shutdown_grace_s + _DRAIN_MARGIN_S,  # type: ignore[arg-type]
         **uvicorn_options(settings),
     )
+    _draining_server(config, app).run()
     scheduler = app.state.scheduler
     if scheduler is not None and scheduler.stats.busy_workers:
         # SHUTDOWN_GRACE_S ran out mid-batch: the interpreter must not tear down under CTranslate2's threads
