@@ -170,6 +170,8 @@ class AudioSource:
             exact = self.format in _EXACT_DURATION_FORMATS or (self.format == "mp3" and _mp3_has_length(self._source))
             if (exact or errors) and missing > max(_TRUNCATION_SLACK_S, _TRUNCATION_SLACK_RATIO * declared):
                 raise _truncated(f"it declares {declared:.2f} s but only {duration:.2f} s could be decoded")
+        if self.format == "wav" and (short := _wav_cut_short(self._source)) is not None:
+            raise _truncated(f"its header declares {short[0]:.2f} s but the file holds {short[1]:.2f} s")
         if self.format == "ogg" and _ogg_cut_short(self._source):
             raise _truncated(f"its last Ogg page is incomplete or not marked as the end ({duration:.2f} s decoded)")
         if self.format.startswith("mov,mp4") and _mp4_cut_short(self._source):
@@ -344,6 +346,29 @@ def _read_head_tail(source: str | os.PathLike[str] | BinaryIO, head: int, tail: 
         finally:
             handle.seek(position)
         return first, last, size
+
+
+def _wav_cut_short(source: str | os.PathLike[str] | BinaryIO) -> tuple[float, float] | None:
+    """(declared, present) seconds when a WAV's `data` chunk declares more bytes than the file holds.
+
+    FFmpeg quietly takes the file's size instead. Streamed WAVs (size 0 or 0xFFFFFFFF, RF64) declare nothing.
+    """
+    with contextlib.suppress(OSError, struct.error):
+        head, _, size = _read_head_tail(source, 1 << 16, 0)
+        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        offset, byte_rate = 12, 0
+        while offset + 8 <= len(head):
+            kind, length = head[offset:offset + 4], struct.unpack("<I", head[offset + 4:offset + 8])[0]
+            if kind == b"fmt " and offset + 16 <= len(head):
+                byte_rate = struct.unpack("<I", head[offset + 16:offset + 20])[0]
+            elif kind == b"data":
+                present = size - (offset + 8)
+                if length in (0, 0xFFFFFFFF) or not byte_rate or length <= present + 64:
+                    return None
+                return length / byte_rate, present / byte_rate
+            offset += 8 + length + (length & 1)
+    return None
 
 
 def _ogg_cut_short(source: str | os.PathLike[str] | BinaryIO) -> bool:
