@@ -180,7 +180,8 @@ class AudioSource:
     def _decode_stream(self, stop: threading.Event | None) -> tuple[np.ndarray, int]:
         """Decode the audio stream into one growing float32 buffer; returns it and how many packets failed."""
         limit = int(self.max_seconds * SAMPLE_RATE) if self.max_seconds is not None else None
-        expected = int((self.length_seconds or 60.0) * SAMPLE_RATE * 1.02) + SAMPLE_RATE
+        # reserved, not touched: pages of a buffer a lying header made too large never become resident
+        expected = int(min(self.length_seconds or 60.0, 3600.0) * SAMPLE_RATE * 1.02) + SAMPLE_RATE
         most = limit + SAMPLE_RATE if limit is not None else None
         buffer = _Buffer(min(expected, most) if most is not None else expected, most)
         mixer = _MonoMixer()
@@ -276,14 +277,19 @@ class _MonoMixer:
         frame.pts = None
         if not self._numpy_mix and frame.layout.name.endswith(" channels"):
             self._numpy_mix = True  # channels in no stated order: FFmpeg would guess a speaker layout
-        if not self._numpy_mix:
-            try:
-                return self._resample(frame)
-            except (av.error.ArgumentError, ValueError):
-                if self._started:
-                    raise
-                self._numpy_mix, self._resampler = True, None
-        return self._resample(_average_channels(frame))
+        if self._numpy_mix:
+            frame = _average_channels(frame)
+        try:
+            return self._resample(frame)
+        except ValueError:  # the stream changed its format, rate or layout midway: a new resampler for the rest
+            out = self.flush()
+            self._resampler = None
+            return out + self._resample(frame)
+        except av.error.ArgumentError:  # a layout FFmpeg cannot mix
+            if self._numpy_mix or self._started:
+                raise
+            self._numpy_mix, self._resampler = True, None
+            return self._resample(_average_channels(frame))
 
     def flush(self) -> list[np.ndarray]:
         return self._resample(None) if self._resampler is not None else []
