@@ -11,8 +11,8 @@ import contextlib
 import logging
 import math
 import os
-import threading
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -23,9 +23,9 @@ from faster_whisper.tokenizer import _LANGUAGE_CODES
 from starlette.concurrency import run_in_threadpool
 
 from stt_engine import audio as audio_mod
+from stt_engine.audio import DecodedAudio
 from stt_engine.config import Settings
 from stt_engine.engine import DEFAULT_TEMPERATURES, TranscribeOptions, Transcript
-from stt_engine.audio import DecodedAudio
 from stt_engine.errors import InvalidRequest, NotReady, Overloaded, PayloadTooLarge, STTError
 from stt_engine.scheduler import Scheduler
 
