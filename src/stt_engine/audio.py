@@ -73,6 +73,8 @@ class AudioSource:
             raise InvalidAudio("The uploaded file is empty.", code="empty_file")
         self._open()
         self.declared_seconds = _declared_seconds(self._container, self._stream)
+        # A container's own length covers its longest stream: the audio's only when it is the sole stream
+        self._declared_is_audio = self._stream.duration is not None or len(self._container.streams) == 1
         # Without a declared length (piped FLAC, live WebM), the last packet's timestamp still tells it; this is
         # only an estimate for admission (what is there, not what should be), and decoding stops at the limit anyway.
         self.length_seconds = self.declared_seconds
@@ -167,7 +169,9 @@ class AudioSource:
         declared = self.declared_seconds
         if declared:
             missing = declared - duration
-            exact = self.format in _EXACT_DURATION_FORMATS or (self.format == "mp3" and _mp3_has_length(self._source))
+            exact = self._declared_is_audio and (
+                self.format in _EXACT_DURATION_FORMATS or (self.format == "mp3" and _mp3_has_length(self._source))
+            )
             if (exact or errors) and missing > max(_TRUNCATION_SLACK_S, _TRUNCATION_SLACK_RATIO * declared):
                 raise _truncated(f"it declares {declared:.2f} s but only {duration:.2f} s could be decoded")
         if self.format == "wav" and (short := _wav_cut_short(self._source)) is not None:
