@@ -29,7 +29,11 @@ from typing import BinaryIO
 
 import av
 import numpy as np
-from av.stream import Discard
+
+try:
+    from av.stream import Discard
+except ImportError:  # PyAV before 14: streams cannot be discarded at the demuxer; they are still never decoded
+    Discard = None  # type: ignore[assignment,misc]
 
 from stt_engine.errors import AudioTooLong, InvalidAudio, STTError
 
@@ -105,7 +109,7 @@ class AudioSource:
             if not self._container.streams.audio:
                 raise InvalidAudio("The file has no audio track.", code="no_audio_track")
             self._stream = self._container.streams.audio[0]
-            for other in self._container.streams:
+            for other in self._container.streams if Discard is not None else ():
                 if other.index != self._stream.index:
                     other.discard = Discard.all  # demuxers may then skip their packets altogether
             self.format = self._container.format.name
