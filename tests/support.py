@@ -120,9 +120,10 @@ def free_port() -> int:
 
 
 class ServerURL(str):
-    """A running server's base URL that also knows the server's process id (for memory checks)."""
+    """A running server's base URL that also knows the server's process id (for memory checks) and console log."""
 
     pid: int
+    log_path: Path
 
 
 @contextlib.contextmanager
@@ -140,7 +141,7 @@ def running_server(env: dict[str, str] | None = None, ready_timeout: float = 120
             cwd=str(REPO),
         )
         base = ServerURL(f"http://127.0.0.1:{port}")
-        base.pid = proc.pid
+        base.pid, base.log_path = proc.pid, log_path
         try:
             deadline = time.monotonic() + ready_timeout
             while True:

@@ -32,7 +32,7 @@ import numpy as np
 
 try:
     from av.stream import Discard
-except ImportError:  # PyAV before 14: streams cannot be discarded at the demuxer; they are still never decoded
+except ImportError:  # older PyAV: other streams are read by the demuxer, but still never decoded
     Discard = None  # type: ignore[assignment,misc]
 
 from stt_engine.errors import AudioTooLong, InvalidAudio, STTError
