@@ -153,3 +153,22 @@ def test_burst_of_uploads_is_refused_from_headers(limits_server: ServerURL, bomb
     assert len(server_ms) >= len(refusals) and max(server_ms) < bound * 1000, (bound, server_ms)
     assert max(refusals) < 2 * bound, f"slowest refusal after {max(refusals):.1f} s at the client (bound {bound:.1f})"
     assert short.status_code in (200, 429) and short_elapsed < 15, short.text
+
+
+def test_decoding_stops_when_the_client_leaves(limits_server: ServerURL, bombs: dict[str, Path]) -> None:
+    """A client that gives up during decoding costs no more decoding: the request ends (499) before the audio ever
+    reaches the queue, where a finished decode would have been dropped instead."""
+    log_start = limits_server.log_path.stat().st_size
+    with pytest.raises(httpx.ReadTimeout), bombs["hour.flac"].open("rb") as handle:
+        httpx.post(limits_server + "/v1/audio/transcriptions", files={"file": handle},
+                   timeout=httpx.Timeout(60, read=0.7))
+    deadline = time.monotonic() + 30
+    while True:
+        with limits_server.log_path.open("rb") as log:
+            log.seek(log_start)
+            lines = log.read().decode("utf-8", "replace")
+        if "POST /v1/audio/transcriptions 499" in lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert "POST /v1/audio/transcriptions 499" in lines, lines[-2000:]
+    assert "transcription was dropped" not in lines, "decoding ran to the end and the queued work was dropped"
