@@ -4,11 +4,12 @@ We decode ourselves (rather than through faster-whisper's `decode_audio`) to tel
 file: not media at all, media without an audio track, a file cut short, or too short/long to transcribe; and to
 bound what decoding costs whatever the upload claims to be:
 
-- `open_audio()` reads only the container header, so the caller can refuse an over-long file, or ask the queue for
-  room (`Scheduler.admit`), before the bulk of the work.
+- `open_audio()` reads only the container header (and, where it states no length, the timestamps of the last
+  packets), so the caller can refuse an over-long file, or ask the queue for room (`Scheduler.admit`), before the
+  bulk of the work.
 - `AudioSource.decode()` streams packets straight into one preallocated float32 buffer and stops as soon as the
-  audio passes `max_seconds`, so a container without a duration header (piped FLAC, live WebM) costs at most the
-  limit. Memory: 64 kB per second of audio (230 MB per hour), nothing else of that order.
+  audio passes `max_seconds`, so a file whose length cannot be read beforehand costs at most the limit.
+  Memory: 64 kB per second of audio (230 MB per hour), nothing else of that order.
 - Only the first audio stream is decoded. Codecs are opened with `max_pixels` so that FFmpeg's stream probing
   cannot decode a huge picture (cover art, a video track) into gigabytes of pixels.
 - Any channel count is mixed down: FFmpeg's resampler for layouts it knows, a plain average in numpy otherwise.
