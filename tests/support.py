@@ -1,4 +1,9 @@
-"""Shared test helpers: the real clips in ../shared/audio, text normalisation and error rates, a live server."""
+"""Shared test helpers: the real test clips, text normalisation and error rates, a live server.
+
+Clips come from `../shared/audio` when it is beside the repository (CI has it: the full set), else from the small
+set carried in `tests/data` (see its ATTRIBUTION.md). `SHARED_AUDIO` names whichever is in use. A test that needs a
+clip only the full set has is skipped, with the clip's name as the reason, when that set is absent (conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -15,12 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 
 from stt_engine import textnorm
 from stt_engine.textnorm import normalize  # noqa: F401  (tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_AUDIO = REPO.parent / "shared" / "audio"
+FULL_AUDIO = REPO.parent / "shared" / "audio"
+BUNDLED_AUDIO = REPO / "tests" / "data"
+HAVE_FULL_AUDIO = (FULL_AUDIO / "manifest.tsv").is_file()
+SHARED_AUDIO = FULL_AUDIO if HAVE_FULL_AUDIO else BUNDLED_AUDIO  # the clips in use
+NO_FULL_AUDIO = "needs the full test audio at ../shared/audio (CI has it); a plain clone has only tests/data"
+needs_full_audio = pytest.mark.skipif(not HAVE_FULL_AUDIO, reason=NO_FULL_AUDIO)
 
 
 @dataclass(frozen=True)
@@ -47,7 +58,24 @@ def clips(language: str | None = None) -> list[Clip]:
 
 
 def clip(file: str) -> Clip:
-    return next(c for c in clips() if c.file == file)
+    """The clip `file`; a test asking for one only the full set has is skipped when that set is absent."""
+    found = next((c for c in clips() if c.file == file), None)
+    if found is None:
+        if not HAVE_FULL_AUDIO:
+            pytest.skip(f"{NO_FULL_AUDIO}: {file}")
+        raise LookupError(f"{file} is not in {SHARED_AUDIO / 'manifest.tsv'}")
+    return found
+
+
+def missing_clip(error: BaseException) -> str | None:
+    """The clip a FileNotFoundError was about, when it is one that only the absent full set has."""
+    name = getattr(error, "filename", None)
+    if HAVE_FULL_AUDIO or not isinstance(error, FileNotFoundError) or not name:
+        return None
+    path = Path(name).resolve()
+    if path.is_relative_to(BUNDLED_AUDIO.resolve()) and not path.exists():
+        return str(path.relative_to(BUNDLED_AUDIO.resolve()))
+    return None
 
 
 def error_rate(hypothesis: str, c: Clip) -> float:
@@ -61,8 +89,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class ServerURL(str):
+    """A running server's base URL that also knows the server's process id (for memory checks) and console log."""
+
+    pid: int
+    log_path: Path
+
+
 @contextlib.contextmanager
-def running_server(env: dict[str, str] | None = None, ready_timeout: float = 120.0) -> Iterator[str]:
+def running_server(env: dict[str, str] | None = None, ready_timeout: float = 120.0) -> Iterator[ServerURL]:
     """Start `stt-engine serve` on a free loopback port with `env` added; yield its base URL; stop it (SIGTERM)."""
     port = free_port()
     full_env = {**os.environ, "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "LOG_LEVEL": "INFO"}
@@ -75,7 +110,8 @@ def running_server(env: dict[str, str] | None = None, ready_timeout: float = 120
             [sys.executable, "-m", "stt_engine", "serve"], env=full_env, stdout=log_file, stderr=subprocess.STDOUT,
             cwd=str(REPO),
         )
-        base = f"http://127.0.0.1:{port}"
+        base = ServerURL(f"http://127.0.0.1:{port}")
+        base.pid, base.log_path = proc.pid, log_path
         try:
             deadline = time.monotonic() + ready_timeout
             while True:
@@ -103,3 +139,16 @@ def running_server(env: dict[str, str] | None = None, ready_timeout: float = 120
 def post_audio(base: str, route: str, path: Path, timeout: float = 300.0, **fields: str) -> httpx.Response:
     with path.open("rb") as handle:
         return httpx.post(base + route, files={"file": (path.name, handle)}, data=fields, timeout=timeout)
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory (`VmRSS`) or its peak since the last `reset_peak_rss` (`VmHWM`), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise LookupError(field)
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Start a new peak: VmHWM is reset to the current RSS (Linux >= 4.0)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")

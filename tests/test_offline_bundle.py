@@ -25,9 +25,10 @@ from pathlib import Path
 import pytest
 
 from stt_engine.models.bundled import assemble_bundled_model, bundled_parts_available
+from tests.support import SHARED_AUDIO
 
 REPO = Path(__file__).resolve().parents[1]
-AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
+AUDIO = SHARED_AUDIO  # ../shared/audio, or the in-repo clips in a plain clone
 JFK = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
 
 pytestmark = [

@@ -69,7 +69,10 @@ class Settings(BaseSettings):
 
     # --- limits and security --------------------------------------------------------------------
     max_upload_mb: float = Field(1024.0, gt=0)
-    max_audio_seconds: float = Field(4 * 3600.0, gt=0)
+    max_audio_seconds: float = Field(
+        3600.0, gt=0, description="Longest audio accepted; at most MAX_QUEUE_SECONDS, so that a file that long fits."
+    )
+    max_concurrent_decodes: int = Field(2, ge=1, description="Uploads decoded at once; more wait their turn.")
     max_prompt_chars: int = Field(2000, ge=0)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     auth_open_paths: Annotated[list[str], NoDecode] = Field(

@@ -10,10 +10,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +25,11 @@ from faster_whisper.transcribe import Segment
 from starlette.concurrency import run_in_threadpool
 
 from stt_engine import audio as audio_mod
-from stt_engine.config import Settings
 from stt_engine.api.errors import error_body
 from stt_engine.audio import DecodedAudio
+from stt_engine.config import Settings
 from stt_engine.engine import Transcript, segment_separator
-from stt_engine.errors import InvalidRequest, NotReady, PayloadTooLarge, STTError
+from stt_engine.errors import InvalidRequest, NotReady, Overloaded, PayloadTooLarge, STTError
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler import Scheduler
 
@@ -59,6 +61,76 @@ async def stored_upload(upload: UploadFile, settings: Settings) -> AsyncIterator
         await upload.close()
 
 
+class _Intake:
+    """Uploads whose header has been read but which are not yet in the scheduler's queue.
+
+    They count toward the queue's bounds, so a burst of uploads is refused from their headers within moments instead
+    of after all of them were decoded; and at most MAX_CONCURRENT_DECODES of them decode at once.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.seconds = 0.0
+        self.count = 0
+        self.decoding = asyncio.Semaphore(settings.max_concurrent_decodes)
+
+    @classmethod
+    def of(cls, request: Request) -> _Intake:
+        intake: _Intake | None = getattr(request.app.state, "intake", None)
+        if intake is None:
+            intake = request.app.state.intake = cls(request.app.state.settings)
+        return intake
+
+    @contextlib.contextmanager
+    def reserve(self, scheduler: Scheduler, seconds: float) -> Iterator[None]:
+        """Hold room for `seconds` of audio until it is decoded; `Overloaded` (429) when the queue has none."""
+        scheduler.admit(seconds)  # a file that can never fit, or a full scheduler queue
+        waiting = scheduler.queued_requests + self.count
+        queued = scheduler.queued_seconds + self.seconds
+        if waiting >= self.settings.max_queued_requests or (
+            waiting and queued + seconds > self.settings.max_queue_seconds
+        ):
+            retry = max(1, min(120, math.ceil(queued / 10.0)))
+            raise Overloaded(
+                f"The server is busy ({waiting} requests / {queued:.0f} s of audio already queued or being decoded). "
+                f"Retry after {retry} s.",
+                headers={"Retry-After": str(retry)},
+            )
+        self.seconds += seconds
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.seconds -= seconds
+            self.count -= 1
+
+
+async def _decode_admitted(request: Request, scheduler: Scheduler, settings: Settings, path: str) -> DecodedAudio:
+    """Read the header, take queue room for the length it states, then decode; refusals come before the work.
+
+    Decoding stops at MAX_AUDIO_SECONDS whatever the header said, and when the client goes away.
+    """
+    intake = _Intake.of(request)
+    source = await run_in_threadpool(audio_mod.open_audio, path, max_seconds=settings.max_audio_seconds)
+    try:
+        with intake.reserve(scheduler, source.length_seconds or 0.0):
+            stop = threading.Event()
+            watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+            watcher.add_done_callback(lambda _: stop.set())
+            try:
+                async with intake.decoding:
+                    if stop.is_set():
+                        raise STTError("Client disconnected.", status=499, code="client_closed_request")
+                    decoded = await run_in_threadpool(source.decode, stop)
+            finally:
+                watcher.cancel()
+    finally:
+        source.close()
+    if decoded.duration > 30:
+        await run_in_threadpool(audio_mod.release_memory)  # what decoding freed goes back to the OS
+    return decoded
+
+
 @dataclass
 class TranscriptionResult:
     transcript: Transcript
@@ -84,9 +156,9 @@ async def receive_audio(request: Request, upload: UploadFile | None) -> DecodedA
         )
     if scheduler is None:
         raise NotReady("The model is still loading; retry in a few seconds.", headers={"Retry-After": "5"})
-    scheduler.admit(0.0)  # a full queue answers 429 before we spend time decoding
+    scheduler.admit(0.0)  # a full queue answers 429 before we spend time storing the upload
     async with stored_upload(upload, settings) as path:
-        decoded = await run_in_threadpool(audio_mod.decode, path, max_seconds=settings.max_audio_seconds)
+        decoded = await _decode_admitted(request, scheduler, settings, path)
     request.state.audio_seconds = decoded.duration
     return decoded
 
@@ -104,6 +176,7 @@ async def transcribe_upload(
         request.app.state.postprocessor.validate(postprocess, postprocess_prompt)  # fail before any decoding
     started = time.perf_counter()
     decoded = await receive_audio(request, upload)
+    long_audio = decoded.duration > 30
     scheduler: Scheduler = request.app.state.scheduler
     work = asyncio.ensure_future(scheduler.transcribe(decoded, options))
     del decoded  # the scheduler holds the samples only until its sections are decoded
@@ -119,6 +192,9 @@ async def transcribe_upload(
         log.info("client disconnected; its transcription was dropped")
         raise STTError("Client disconnected.", status=499, code="client_closed_request")
     transcript = work.result()
+    del work
+    if long_audio:
+        await run_in_threadpool(audio_mod.release_memory)  # its samples are free now: hand them back to the OS
     result = TranscriptionResult(transcript, _finished(request, transcript, started))
     if postprocess:
         result.postprocess = await _postprocess(request, transcript, postprocess, postprocess_prompt)
