@@ -125,6 +125,16 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run jobs from Redis (JOBS_URL) on this node's model: add one per GPU node."""
+    from stt_engine.jobs.worker import run_worker
+    from stt_engine.logging_setup import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings)
+    return run_worker(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stt-engine", description="Self-hosted speech-to-text server (Whisper).")
     parser.add_argument("--version", action="version", version=f"stt-engine {__version__}")
@@ -145,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--word-timestamps", action="store_true")
     tr.add_argument("--output-dir", "-o", default=None, help="write FILE.<ext> here instead of printing")
     tr.set_defaults(func=cmd_transcribe)
+
+    worker = sub.add_parser("worker", help="run jobs from Redis (JOBS_URL=redis://...) on this node's model")
+    worker.set_defaults(func=cmd_worker)
 
     _register_optional(sub)
     return parser

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import logging
 import secrets
 import socket
@@ -28,7 +29,7 @@ from stt_engine.scheduler import Scheduler
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 1.0
-NODE = f"{socket.gethostname()}:{secrets.token_hex(3)}"
+NODE = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def scheduler_kwargs(scheduler: Scheduler, on_segments: Callable[[list[Any]], None]) -> dict[str, Any]:
