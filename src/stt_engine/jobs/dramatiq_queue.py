@@ -45,7 +45,7 @@ class DramatiqQueue:
             middleware=[], heartbeat_timeout=heartbeat_ms, maintenance_chance=50_000,
         )
         self.actor = dramatiq.actor(
-            self._perform, broker=self.broker, actor_name=ACTOR_NAME, queue_name=QUEUE_NAME, max_retries=0
+            self._perform, broker=self.broker, actor_name=ACTOR_NAME, queue_name=QUEUE_NAME
         )
         self._runner: Callable[[str], Coroutine[Any, Any, None]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

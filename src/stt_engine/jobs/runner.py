@@ -22,7 +22,7 @@ from stt_engine import audio as audio_mod
 from stt_engine.config import Settings
 from stt_engine.errors import Overloaded, STTError
 from stt_engine.jobs.models import Job, JobStatus, transcript_to_dict
-from stt_engine.jobs.store import JobStore
+from stt_engine.jobs.store import JobStore, JobsUnavailable
 from stt_engine.jobs.webhooks import WebhookSender
 from stt_engine.scheduler import Scheduler
 
@@ -78,7 +78,7 @@ class JobExecutor:
                 await self.requeue_hook(job_id)
             return
         token = f"{NODE}:{secrets.token_hex(4)}"
-        job = await self.store.claim(job_id, token)
+        job = await self._retrying(lambda: self.store.claim(job_id, token))
         if job is None:
             return
         log.info("job %s started (attempt %d, %.1f s of audio)", job.id, job.attempts, job.duration)
@@ -119,7 +119,9 @@ class JobExecutor:
             return
         result = transcript_to_dict(transcript)
         # the transcript is stored before post-processing, so that a failing LLM can never cost it
-        if not await self.store.update(job.id, token, result=result, progress_seconds=job.duration):
+        if not await self._retrying(
+            lambda: self.store.update(job.id, token, result=result, progress_seconds=job.duration)
+        ):
             return
         postprocess_result = None
         if job.postprocess:
@@ -152,12 +154,15 @@ class JobExecutor:
                     await asyncio.wait({work}, timeout=WATCH_INTERVAL_S)
                     if work.done():
                         break
-                    current = await self.store.get(job.id)
-                    if current is None or current.status != JobStatus.processing.value or current.worker != token:
-                        return None
-                    if done_seconds[0] > reported:
-                        reported = done_seconds[0]
-                        await self.store.update(job.id, token, progress_seconds=reported)
+                    try:
+                        current = await self.store.get(job.id)
+                        if current is None or current.status != JobStatus.processing.value or current.worker != token:
+                            return None
+                        if done_seconds[0] > reported:
+                            reported = done_seconds[0]
+                            await self.store.update(job.id, token, progress_seconds=reported)
+                    except JobsUnavailable:
+                        continue  # the store is down for a while: keep working, look again next second
                 return work.result()
             except Overloaded:
                 await asyncio.sleep(2.0)  # the node is full of interactive work: wait our turn
@@ -180,7 +185,7 @@ class JobExecutor:
         for attempt in range(attempts):
             try:
                 return await call()
-            except STTError as exc:
+            except JobsUnavailable as exc:
                 if attempt == attempts - 1:
                     raise
                 log.warning("job store unavailable (%s); retrying", exc.message)
