@@ -185,3 +185,41 @@ def test_kill_9_with_jobs_queued_and_processing_loses_nothing(tmp_path: Path) ->
         assert httpx.get(f"{second.base}/v1/jobs/{ids[0]}").json()["attempts"] == 2
     finally:
         second.stop()
+
+
+def test_a_failed_postprocess_keeps_the_transcript(server: Proc) -> None:
+    """No LLM is configured here: post-processing fails, the transcript is still there."""
+    c = clip("en/picovoice_test_en.wav")
+    job_id = submit(server.base, c.path, AUTH, language="en", postprocess="correct").json()["id"]
+    job = wait_status(server.base, job_id, FINISHED, headers=AUTH)
+    assert job["status"] == "completed", job
+    assert error_rate(job["result"]["text"], c) < 0.3
+    assert job["result"]["postprocess"]["error"]["code"] == "llm_not_configured"
+    body = httpx.get(f"{server.base}/v1/jobs/{job_id}/result", params={"response_format": "json"}, headers=AUTH).json()
+    assert body["text"] == job["result"]["text"] and body["postprocess"]["error"]
+    assert submit(server.base, c.path, AUTH, postprocess="no-such-task").status_code == 400
+
+
+async def test_retention_deletes_old_finished_jobs_and_their_audio(tmp_path: Path) -> None:
+    """Pure bookkeeping (no model): the sweep removes what finished before JOBS_RETENTION_HOURS, nothing else."""
+    from stt_engine.config import Settings
+    from stt_engine.jobs.models import Job, JobStatus
+    from stt_engine.jobs.service import JobService
+
+    settings = Settings(_env_file=None, data_dir=tmp_path, jobs_retention_hours=1)
+    service = JobService(settings, get_scheduler=lambda: None, get_postprocessor=lambda: None, run_jobs=False)
+    now = time.time()
+    jobs = {
+        "old": Job(id="job_old", status=JobStatus.completed.value, finished_at=now - 7200),
+        "recent": Job(id="job_recent", status=JobStatus.failed.value, finished_at=now - 60),
+        "queued": Job(id="job_queued", created_at=now - 7200),
+    }
+    for job in jobs.values():
+        await service.store.insert(job)
+        service.job_dir(job.id).mkdir(parents=True)
+        (service.job_dir(job.id) / "upload").write_bytes(b"x")
+    assert await service.sweep() == 1
+    assert await service.store.get("job_old") is None and not service.job_dir("job_old").exists()
+    for name in ("recent", "queued"):
+        assert await service.store.get(jobs[name].id) is not None and service.job_dir(jobs[name].id).exists()
+    await service.stop()
