@@ -13,6 +13,7 @@ from typing import Any
 from faster_whisper.transcribe import Segment, Word
 
 from stt_engine.engine import TranscribeOptions, Transcript
+from stt_engine.formats import ResponseFormat, render
 
 
 class JobStatus(str, Enum):
@@ -107,8 +108,6 @@ class Job:
             if self.webhook_url else None,
         }
         if include_result and self.status == JobStatus.completed.value and self.result is not None:
-            from stt_engine.formats import ResponseFormat, render
-
             result = render(transcript_from_dict(self.result), ResponseFormat.verbose_json, self.include_words)
             assert isinstance(result, dict)
             if self.postprocess_result is not None:

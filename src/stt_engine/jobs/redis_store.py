@@ -173,6 +173,9 @@ class RedisJobStore(JobStore):
             lambda: self.redis.zrangebyscore(f"{PREFIX}jobs:finished", 0, when, start=0, num=limit)
         )
         jobs = [await self.get(i) for i in ids]
+        stale = [i for i, j in zip(ids, jobs) if j is None]
+        if stale:  # deleted by another node meanwhile: drop them from the index too
+            await self._call(lambda: self.redis.zrem(f"{PREFIX}jobs:finished", *stale))
         return [j for j in jobs if j is not None]
 
     async def ids_with_status(self, status: str, limit: int = 100) -> list[str]:

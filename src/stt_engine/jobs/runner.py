@@ -226,6 +226,8 @@ class EmbeddedRunner:
                         task.add_done_callback(self._done)
             except STTError as exc:
                 log.warning("jobs runner: %s", exc.message)
+            except Exception:
+                log.exception("jobs runner: could not look for queued jobs")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
             self._wake.clear()
