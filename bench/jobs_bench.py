@@ -14,11 +14,13 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -89,7 +91,7 @@ def main() -> int:
     args = parser.parse_args()
     clips = _clips(Path(args.audio_dir))
     audio_seconds = 0.0
-    data_dir = Path(args.output).with_suffix(".data")
+    data_dir = Path(tempfile.mkdtemp(prefix="stt-jobs-bench-"))
     proc, base = _server(data_dir)
     try:
         _sync(base, clips[0])  # warm
@@ -119,6 +121,7 @@ def main() -> int:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+        shutil.rmtree(data_dir, ignore_errors=True)
     result = {
         "clips": len(clips), "audio_seconds": round(audio_seconds, 1),
         "sync_concurrent_total_s": round(sync_total, 2), "jobs_total_s": round(jobs_total, 2),
