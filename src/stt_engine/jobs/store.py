@@ -192,7 +192,15 @@ class SQLiteJobStore(JobStore):
                 ).fetchone()
                 if row:
                     return Job.from_dict(json.loads(row[0])), False
-            self._db.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?)", self._row(job))
+            try:
+                self._db.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?)", self._row(job))
+            except sqlite3.IntegrityError:  # the same key, submitted twice at the same moment: the first one wins
+                row = self._db.execute(
+                    "SELECT data FROM jobs WHERE owner = ? AND idempotency_key = ?", (job.owner, job.idempotency_key)
+                ).fetchone()
+                if row is None:
+                    raise
+                return Job.from_dict(json.loads(row[0])), False
             return job, True
 
         return await self._run(run)
