@@ -10,7 +10,7 @@ import asyncio
 import shutil
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Header, Query, Request, UploadFile
+from fastapi import APIRouter, Form, Header, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
