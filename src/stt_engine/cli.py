@@ -171,6 +171,16 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run jobs from Redis (JOBS_URL) on this node's model: add one per GPU node."""
+    from stt_engine.jobs.worker import run_worker
+    from stt_engine.logging_setup import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings)
+    return run_worker(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stt-engine", description="Self-hosted speech-to-text server (Whisper).")
     parser.add_argument("--version", action="version", version=f"stt-engine {__version__}")
@@ -211,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--output-dir", "-o", default=None,
                     help="write FILE.<ext> into this folder instead of printing to stdout")
     tr.set_defaults(func=cmd_transcribe)
+
+    worker = sub.add_parser("worker", help="run jobs from Redis (JOBS_URL=redis://...) on this node's model")
+    worker.set_defaults(func=cmd_worker)
 
     _register_optional(sub)
     return parser

@@ -96,6 +96,22 @@ class Settings(BaseSettings):
     vllm_context_tokens: int | None = Field(None, description="Context size when /v1/models doesn't say.")
     prompts_dir: Path | None = Field(None, description="Folder overriding the shipped prompt templates.")
 
+    # --- jobs (POST /v1/jobs) and webhooks -------------------------------------------------------
+    data_dir: Path = Field(Path("data"), description="Where the server keeps state (the jobs database, uploads).")
+    jobs_url: str | None = Field(
+        None, description="sqlite:///path (default: DATA_DIR/jobs.sqlite3) or redis://host:6379/0 for many nodes."
+    )
+    jobs_storage_dir: Path | None = Field(None, description="Job uploads; shared by every node. Default DATA_DIR/jobs.")
+    jobs_concurrency: int = Field(4, ge=1, le=256, description="Jobs one node runs at once (they batch together).")
+    jobs_local_worker: bool = Field(True, description="With Redis: false = this server only accepts jobs.")
+    jobs_retention_hours: float = Field(168.0, gt=0, description="Finished jobs and their audio are deleted after.")
+    jobs_heartbeat_timeout_s: float = Field(
+        30.0, ge=5, description="With Redis: a worker silent this long is dead and its jobs go to another."
+    )
+    webhook_include_result: bool = False
+    webhook_max_attempts: int = Field(10, ge=1, le=10)
+    webhook_timeout_s: float = Field(10.0, gt=0)
+
     @field_validator("api_keys", "auth_open_paths", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -103,7 +119,9 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("whisper_model", "whisper_default_language", "vllm_base_url", "vllm_model", mode="before")
+    @field_validator(
+        "whisper_model", "whisper_default_language", "vllm_base_url", "vllm_model", "jobs_url", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from stt_engine import __version__
 from stt_engine.api.errors import install_error_handlers
+from stt_engine.api.jobs_routes import router as jobs_router
 from stt_engine.api.postprocess_routes import router as postprocess_router
 from stt_engine.api.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from stt_engine.api.routes import router
@@ -27,6 +28,7 @@ from stt_engine.audio import SAMPLE_RATE, DecodedAudio
 from stt_engine.config import Settings, get_settings
 from stt_engine.engine import Engine
 from stt_engine.errors import STTError
+from stt_engine.jobs.service import start_jobs, stop_jobs
 from stt_engine.metrics import Metrics
 from stt_engine.models import ResolvedModel, resolve_model
 from stt_engine.postprocess.service import PostProcessor
@@ -71,10 +73,12 @@ def create_app(settings: Settings | None = None, *, model: ResolvedModel | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.postprocessor = PostProcessor.from_settings(settings)
         loader = asyncio.ensure_future(_load(app, settings, model))
+        app.state.jobs = await start_jobs(app, settings)
         try:
             yield
         finally:
             loader.cancel()
+            await stop_jobs(app)  # running jobs go back to the queue before the scheduler stops
             scheduler: Scheduler | None = app.state.scheduler
             if scheduler is not None:
                 await run_in_threadpool(scheduler.close, settings.shutdown_grace_s)
@@ -93,6 +97,7 @@ def create_app(settings: Settings | None = None, *, model: ResolvedModel | None 
     app.state.engine = None
     app.state.scheduler = None
     app.state.postprocessor = None
+    app.state.jobs = None
     app.state.load_status = "loading"
     app.state.load_error = None
     app.state.warmed_up = False
@@ -110,6 +115,7 @@ def create_app(settings: Settings | None = None, *, model: ResolvedModel | None 
     app.include_router(router)
     app.include_router(postprocess_router)
     install_docs(app, settings)
+    app.include_router(jobs_router)
     return app
 
 

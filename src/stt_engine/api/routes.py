@@ -96,7 +96,7 @@ async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
 
 
-def _languages(request: Request) -> frozenset[str]:
+def model_languages(request: Request) -> frozenset[str]:
     """The loaded model's languages (options are parsed only once it is loaded; before, the route answers 503)."""
     engine = request.app.state.engine
     if engine is None:
@@ -125,7 +125,7 @@ async def transcribe(
 ) -> Response:
     settings = request.app.state.settings
     options = build_options(
-        settings, _languages(request), language=language, task=task, prompt=prompt, hotwords=hotwords,
+        settings, model_languages(request), language=language, task=task, prompt=prompt, hotwords=hotwords,
         word_timestamps=word_timestamps,
     )
     if stream:
@@ -165,7 +165,7 @@ def _no_postprocess_when_streaming(postprocess: str | None) -> None:
 
 
 # --- OpenAI audio API -----------------------------------------------------------------------------------
-def _parse_format(value: str | None) -> ResponseFormat:
+def parse_format(value: str | None) -> ResponseFormat:
     try:
         return ResponseFormat((value or "json").strip().lower())
     except ValueError:
@@ -190,7 +190,7 @@ async def _openai_audio(
     postprocess_prompt: str | None,
     stream: bool = False,
 ) -> Response:
-    fmt = _parse_format(response_format)
+    fmt = parse_format(response_format)
     granularities = [g for item in (granularities or []) for g in item.split(",") if g.strip()]
     unknown = sorted({g.strip() for g in granularities} - {"segment", "word"})
     if unknown:
@@ -200,7 +200,7 @@ async def _openai_audio(
         )
     words = "word" in {g.strip() for g in granularities}
     options = build_options(
-        request.app.state.settings, _languages(request), language=language, task=task, prompt=prompt,
+        request.app.state.settings, model_languages(request), language=language, task=task, prompt=prompt,
         temperature=temperature, word_timestamps=words, hotwords=hotwords,
     )
     if stream:

@@ -228,7 +228,9 @@ async def stream_upload(
     def on_segments(segments: list[Segment], language: str | None) -> None:
         loop.call_soon_threadsafe(arrived.put_nowait, (segments, language))
 
-    work = asyncio.ensure_future(scheduler.transcribe(decoded, options, on_segments=on_segments))
+    work = asyncio.ensure_future(
+        scheduler.transcribe(decoded, options, on_segments=on_segments, first_text_early=True)
+    )
     del decoded
     request_id = getattr(request.state, "request_id", None)
 

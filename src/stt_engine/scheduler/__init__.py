@@ -67,6 +67,7 @@ class _Ticket:
     started: asyncio.Future[None]  # set when its first window starts decoding (the timeout runs from then)
     admitted_seconds: float
     exclusive: bool = False  # never batched with other requests (the warm-up)
+    bounded: bool = True  # counts toward the queue's bounds
     on_segments: SegmentsCallback | None = None
     job: Job | None = None  # None while VAD runs
     admitted_at: float = field(default_factory=time.monotonic)
@@ -137,7 +138,8 @@ class Scheduler:
                 "audio at a time (MAX_QUEUE_SECONDS). Split the file into shorter parts."
             )
         with self._cond:
-            full = len(self._tickets) >= self.max_queued_requests or (
+            waiting = sum(1 for t in self._tickets.values() if t.bounded)
+            full = waiting >= self.max_queued_requests or (
                 self._queued_seconds + duration > self.max_queue_seconds
             )
             if self._stopping:
@@ -148,7 +150,7 @@ class Scheduler:
                 self.stats.rejected += 1
                 retry = self._retry_after()
                 raise Overloaded(
-                    f"The server is busy ({len(self._tickets)} requests / {self._queued_seconds:.0f} s of audio "
+                    f"The server is busy ({waiting} requests / {self._queued_seconds:.0f} s of audio "
                     f"already queued). Retry after {retry} s.",
                     headers={"Retry-After": str(retry)},
                 )
@@ -162,27 +164,32 @@ class Scheduler:
         on_segments: SegmentsCallback | None = None,
         exclusive: bool = False,
         timed: bool = True,
+        bounded: bool = True,
+        first_text_early: bool = False,
     ) -> Transcript:
         """Queue `audio` and wait for its transcript. Cancelling the awaiting task drops the queued work.
 
         `on_segments` is called from a worker thread with each run of newly final segments, in order (for
-        streaming responses); `exclusive` keeps the request out of other requests' batches and `timed=False` spares
-        it the request timeout (the warm-up, which must finish however short the timeout is set).
+        streaming responses), and `first_text_early` cuts a short first section so the first of them come soon;
+        `exclusive` keeps the request out of other requests' batches and `timed=False` spares it the request timeout
+        (the warm-up, which must finish however short the timeout is set); `bounded=False` leaves it out of the
+        queue's bounds (jobs, which their own queue bounds).
         """
-        self.admit(audio.duration)
+        if bounded:
+            self.admit(audio.duration)
         loop = asyncio.get_running_loop()
         with self._cond:
             ticket = _Ticket(
                 seq=next(self._seq), priority=int(priority), loop=loop, future=loop.create_future(),
-                started=loop.create_future(), admitted_seconds=audio.duration, exclusive=exclusive,
-                on_segments=on_segments,
+                started=loop.create_future(), admitted_seconds=audio.duration if bounded else 0.0,
+                exclusive=exclusive, on_segments=on_segments, bounded=bounded,
             )
             self._tickets[ticket.seq] = ticket
-            self._queued_seconds += audio.duration
+            self._queued_seconds += ticket.admitted_seconds
             self.stats.submitted += 1
         try:
             job = await loop.run_in_executor(
-                self._prep, self.engine.prepare, audio, options, on_segments is not None
+                self._prep, self.engine.prepare, audio, options, first_text_early
             )
             self._enqueue(ticket, job)
             await asyncio.wait({ticket.started, ticket.future}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,0 +1,197 @@
+"""Jobs API: submit a recording, poll it or get a webhook, fetch the transcript in any format, list, cancel.
+
+The upload is checked exactly as the sync route checks it (options, size, decodable, duration) before the 202, so
+a job that was accepted can only fail for reasons of the server's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Header, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from stt_engine import audio as audio_mod
+from stt_engine.api.routes import FileField, model_languages, parse_format
+from stt_engine.api.transcription import stored_upload
+from stt_engine.errors import InvalidRequest, STTError
+from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render
+from stt_engine.jobs.models import Job, JobStatus, new_job_id, options_to_dict, owner_of, transcript_from_dict
+from stt_engine.jobs.service import JobService
+from stt_engine.jobs.webhooks import validate_webhook_url
+from stt_engine.options import build_options
+
+router = APIRouter(tags=["jobs"])
+
+
+class JobNotFound(STTError):
+    status = 404
+    code = "job_not_found"
+    error_type = "invalid_request_error"
+
+
+class JobNotReady(STTError):
+    status = 409
+    code = "job_not_completed"
+    error_type = "invalid_request_error"
+
+
+def _service(request: Request) -> JobService:
+    service: JobService | None = getattr(request.app.state, "jobs", None)
+    if service is None:
+        raise STTError("The jobs API is starting; retry in a few seconds.", status=503, code="jobs_not_ready",
+                       headers={"Retry-After": "2"})
+    return service
+
+
+def _owner(request: Request) -> str:
+    """The hash of the caller's API key: with API_KEYS set, a key sees only its own jobs."""
+    if not request.app.state.settings.api_keys:
+        return ""
+    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+    return owner_of(token.strip() if scheme.lower() == "bearer" else None)
+
+
+async def _job(request: Request, job_id: str) -> Job:
+    job = await _service(request).store.get(job_id)
+    if job is None or job.owner != _owner(request):  # another key's job is "not found", not "forbidden"
+        raise JobNotFound(f"No job with id '{job_id}'.", param="id")
+    return job
+
+
+def _granularities(values: list[str] | None) -> bool:
+    items = {g.strip() for item in (values or []) for g in item.split(",") if g.strip()}
+    unknown = sorted(items - {"segment", "word"})
+    if unknown:
+        raise InvalidRequest(
+            f"Unsupported timestamp_granularities {unknown}; use 'segment' and/or 'word'.",
+            param="timestamp_granularities", code="invalid_timestamp_granularities",
+        )
+    return "word" in items
+
+
+@router.post("/v1/jobs", status_code=202, summary="Submit a recording as a job (answers 202 with its id)")
+async def create_job(
+    request: Request,
+    file: FileField = None,
+    model: Annotated[str | None, Form(description="Any value; the loaded model answers")] = None,
+    language: Annotated[str | None, Form()] = None,
+    prompt: Annotated[str | None, Form()] = None,
+    response_format: Annotated[str | None, Form(description="Checked only; choose the format at /result")] = None,
+    temperature: Annotated[float | None, Form()] = None,
+    timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
+    hotwords: Annotated[str | None, Form()] = None,
+    postprocess: Annotated[str | None, Form()] = None,
+    postprocess_prompt: Annotated[str | None, Form()] = None,
+    webhook_url: Annotated[str | None, Form(description="POSTed {id, status} when the job finishes")] = None,
+    webhook_secret: Annotated[str | None, Form(description="Signs each delivery (X-STT-Signature)")] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+) -> JSONResponse:
+    settings = request.app.state.settings
+    service = _service(request)
+    parse_format(response_format)
+    words = _granularities(timestamp_granularities)
+    webhook = validate_webhook_url(webhook_url)
+    options = build_options(
+        settings, model_languages(request), language=language, prompt=prompt, temperature=temperature, word_timestamps=words, hotwords=hotwords
+    )
+    if postprocess:
+        request.app.state.postprocessor.validate(postprocess, postprocess_prompt)
+    if file is None or isinstance(file, str):
+        raise InvalidRequest(
+            "'file' is required: send the audio as the multipart form field 'file'.", param="file", code="missing_file"
+        )
+    owner = _owner(request)
+    key = idempotency_key.strip() if idempotency_key and idempotency_key.strip() else None
+    if key:  # a retried submission: answer with the job it created, without storing the audio again
+        existing = await service.store.by_idempotency_key(owner, key)
+        if existing is not None:
+            return JSONResponse(existing.public(), status_code=200,
+                                headers={"Location": f"/v1/jobs/{existing.id}", "Idempotent-Replayed": "true"})
+    job_id = new_job_id()
+    folder = service.job_dir(job_id)
+    filename = (file.filename or "audio").rsplit("/", 1)[-1][:200]
+    try:
+        async with stored_upload(file, settings) as path:
+            decoded = await run_in_threadpool(audio_mod.decode, path, max_seconds=settings.max_audio_seconds)
+            await run_in_threadpool(folder.mkdir, parents=True, exist_ok=True)
+            await run_in_threadpool(shutil.move, path, folder / "upload")
+        request.state.audio_seconds = decoded.duration
+        job = Job(
+            id=job_id, owner=owner, filename=filename, audio_path=f"{job_id}/upload", duration=decoded.duration,
+            options=options_to_dict(options), include_words=words, postprocess=postprocess or None,
+            postprocess_prompt=postprocess_prompt, webhook_url=webhook, webhook_secret=webhook_secret or None,
+            idempotency_key=key,
+        )
+        del decoded
+        stored, created = await service.submit(job)
+    except BaseException:
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+        raise
+    if not created:
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+    headers = {"Location": f"/v1/jobs/{stored.id}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(stored.public(), status_code=202 if created else 200, headers=headers)
+
+
+@router.get("/v1/jobs/{job_id}", summary="A job's status, progress and (when completed) its result")
+async def get_job(request: Request, job_id: str) -> JSONResponse:
+    return JSONResponse((await _job(request, job_id)).public())
+
+
+@router.get("/v1/jobs/{job_id}/result", summary="A completed job's transcript in any response format")
+async def get_job_result(
+    request: Request, job_id: str, response_format: Annotated[str | None, Query()] = None
+) -> Response:
+    fmt = parse_format(response_format)
+    job = await _job(request, job_id)
+    if job.status != JobStatus.completed.value or job.result is None:
+        raise JobNotReady(f"Job '{job_id}' is {job.status}; its result exists once it is completed.",
+                          headers={"Retry-After": "5"} if job.status in ("queued", "processing") else None)
+    body = render(transcript_from_dict(job.result), fmt, include_words=job.include_words)
+    if isinstance(body, dict):
+        if fmt is ResponseFormat.verbose_json or job.postprocess_result is not None:
+            body.setdefault("language", job.result["language"])
+        if job.postprocess_result is not None:
+            body["postprocess"] = job.postprocess_result
+        return JSONResponse(body)
+    return PlainTextResponse(body, media_type=MEDIA_TYPES[fmt])
+
+
+@router.get("/v1/jobs", summary="This caller's jobs, newest first (cursor: after=<last id>)")
+async def list_jobs(
+    request: Request,
+    status: Annotated[str | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(max_length=100)] = None,
+) -> JSONResponse:
+    if status is not None and status not in {s.value for s in JobStatus}:
+        raise InvalidRequest(f"Unknown status '{status}'; use one of: {', '.join(s.value for s in JobStatus)}.",
+                             param="status", code="invalid_status")
+    jobs = await _service(request).store.list(_owner(request), status, limit + 1, after)
+    page = jobs[:limit]
+    body: dict[str, Any] = {
+        "object": "list",
+        "data": [j.public(include_result=False) for j in page],
+        "has_more": len(jobs) > limit,
+        "last_id": page[-1].id if page else None,
+    }
+    return JSONResponse(body)
+
+
+@router.delete("/v1/jobs/{job_id}", summary="Cancel a queued or running job, or delete a finished one")
+async def delete_job(request: Request, job_id: str) -> JSONResponse:
+    service = _service(request)
+    job = await _job(request, job_id)
+    if job.status in (JobStatus.queued.value, JobStatus.processing.value):
+        cancelled = await service.store.cancel(job_id)
+        if cancelled is not None:  # the run notices within a second and drops its queued chunks
+            return JSONResponse(cancelled.public())
+        job = await _job(request, job_id)  # it finished meanwhile: delete it as a finished job
+    await service.remove(job)
+    return JSONResponse({"id": job_id, "object": "transcription.job", "deleted": True})

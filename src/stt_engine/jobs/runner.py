@@ -1,0 +1,247 @@
+"""Running jobs: `JobExecutor` runs one job end to end; `EmbeddedRunner` decides when, on one machine (SQLite).
+
+A run owns its job through a token stored in the record (`worker`). It watches the record while the model works,
+so a DELETE from any node stops it within a second; and it only finishes the job if it still owns it, so a job
+redelivered after a node died is never completed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import logging
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from stt_engine import audio as audio_mod
+from stt_engine.config import Settings
+from stt_engine.errors import Overloaded, STTError
+from stt_engine.jobs.models import Job, JobStatus, transcript_to_dict
+from stt_engine.jobs.store import JobStore, JobsUnavailable
+from stt_engine.jobs.webhooks import WebhookSender
+from stt_engine.scheduler import Priority, Scheduler
+
+log = logging.getLogger(__name__)
+
+WATCH_INTERVAL_S = 1.0
+NODE = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class JobExecutor:
+    """Runs one job through this node's scheduler: decode, transcribe, post-process, record, notify."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        settings: Settings,
+        storage: Path,
+        get_scheduler: Callable[[], Scheduler | None],
+        get_postprocessor: Callable[[], Any],
+        webhooks: WebhookSender,
+        requeue: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.storage = storage
+        self.get_scheduler = get_scheduler
+        self.get_postprocessor = get_postprocessor
+        self.webhooks = webhooks
+        self.requeue_hook = requeue
+        self.running: dict[str, asyncio.Task[Any]] = {}
+        self.stopping = False
+
+    async def _scheduler(self) -> Scheduler:
+        while (scheduler := self.get_scheduler()) is None:  # the model is still loading
+            await asyncio.sleep(0.5)
+        return scheduler
+
+    async def run(self, job_id: str) -> None:
+        """Run `job_id` if it is still queued (or its last run died). Never raises for the job's own failures."""
+        if self.stopping:  # a message that reached this node as it stops: back to the queue, untouched
+            if self.requeue_hook is not None:
+                await self.requeue_hook(job_id)
+            return
+        token = f"{NODE}:{secrets.token_hex(4)}"
+        job = await self._retrying(lambda: self.store.claim(job_id, token))
+        if job is None:
+            return
+        log.info("job %s started (attempt %d, %.1f s of audio)", job.id, job.attempts, job.duration)
+        task = asyncio.current_task()
+        if task is not None:
+            self.running[job.id] = task
+        try:
+            await self._run(job, token)
+        except asyncio.CancelledError:
+            # this node is stopping: hand the job back so that the next node (or this one, restarted) runs it
+            with contextlib.suppress(Exception):
+                if await asyncio.shield(self.store.requeue(job.id, token)) and self.requeue_hook is not None:
+                    await asyncio.shield(self.requeue_hook(job.id))
+            raise
+        finally:
+            self.running.pop(job.id, None)
+
+    async def _run(self, job: Job, token: str) -> None:
+        try:
+            decoded = await asyncio.to_thread(
+                audio_mod.decode, self.storage / job.audio_path, max_seconds=self.settings.max_audio_seconds
+            )
+            transcript = await self._transcribe(job, token, decoded)
+        except STTError as exc:
+            await self._finish(job, token, JobStatus.failed, error={"code": exc.code, "message": exc.message})
+            return
+        except FileNotFoundError:
+            await self._finish(job, token, JobStatus.failed,
+                               error={"code": "audio_missing", "message": "The job's audio is no longer stored."})
+            return
+        except Exception as exc:
+            log.exception("job %s failed", job.id)
+            await self._finish(job, token, JobStatus.failed,
+                               error={"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"})
+            return
+        if transcript is None:
+            log.info("job %s cancelled while running", job.id)
+            return
+        result = transcript_to_dict(transcript)
+        # the transcript is stored before post-processing, so that a failing LLM can never cost it
+        if not await self._retrying(
+            lambda: self.store.update(job.id, token, result=result, progress_seconds=job.duration)
+        ):
+            return
+        postprocess_result = None
+        if job.postprocess:
+            postprocessor = self.get_postprocessor()
+            try:
+                postprocess_result = await postprocessor.run(
+                    transcript.text, job.postprocess, job.postprocess_prompt, transcript.language
+                )
+            except Exception as exc:
+                postprocess_result = {"task": job.postprocess, "text": None,
+                                      "error": {"code": "postprocess_failed", "message": str(exc)}}
+        await self._finish(job, token, JobStatus.completed, postprocess_result=postprocess_result)
+
+    async def _transcribe(self, job: Job, token: str, decoded: audio_mod.DecodedAudio) -> Any:
+        """The transcript, or None when the job was cancelled (or taken over) meanwhile."""
+        scheduler = await self._scheduler()
+        done_seconds = [0.0]
+
+        def on_segments(segments: list[Any], language: str | None) -> None:  # a worker thread: record the figure
+            if segments:
+                done_seconds[0] = max(done_seconds[0], float(segments[-1].end))
+
+        while True:
+            work = asyncio.ensure_future(
+                # behind live and interactive work; bounded by JOBS_CONCURRENCY and the job store, not by the
+                # interactive queue's limits or its request timeout (a job may take as long as it takes)
+                scheduler.transcribe(
+                    decoded, job.transcribe_options, priority=Priority.JOB, on_segments=on_segments, timed=False,
+                    bounded=False,
+                )
+            )
+            reported = 0.0
+            try:
+                while not work.done():
+                    await asyncio.wait({work}, timeout=WATCH_INTERVAL_S)
+                    if work.done():
+                        break
+                    try:
+                        current = await self.store.get(job.id)
+                        if current is None or current.status != JobStatus.processing.value or current.worker != token:
+                            return None
+                        if done_seconds[0] > reported:
+                            reported = done_seconds[0]
+                            await self.store.update(job.id, token, progress_seconds=reported)
+                    except JobsUnavailable:
+                        continue  # the store is down for a while: keep working, look again next second
+                return work.result()
+            except Overloaded:
+                await asyncio.sleep(2.0)  # the node is full of interactive work: wait our turn
+            finally:
+                if not work.done():
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await work
+
+    async def _finish(self, job: Job, token: str, status: JobStatus, **fields: Any) -> None:
+        finished = await self._retrying(lambda: self.store.finish(job.id, token, status, **fields))
+        if finished is None:
+            return
+        log.info("job %s %s", job.id, status.value)
+        if finished.webhook_url:
+            self.webhooks.schedule(finished)
+
+    async def _retrying(self, call: Callable[[], Awaitable[Any]], attempts: int = 60) -> Any:
+        """Recording a finished job outlives a store outage of a few minutes: the work is not thrown away."""
+        for attempt in range(attempts):
+            try:
+                return await call()
+            except JobsUnavailable as exc:
+                if attempt == attempts - 1:
+                    raise
+                log.warning("job store unavailable (%s); retrying", exc.message)
+                await asyncio.sleep(min(5.0, 0.5 * (attempt + 1)))
+        return None
+
+
+class EmbeddedRunner:
+    """One machine: take queued jobs oldest first, `JOBS_CONCURRENCY` at once, through the server's scheduler."""
+
+    def __init__(self, store: JobStore, executor: JobExecutor, concurrency: int) -> None:
+        self.store = store
+        self.executor = executor
+        self.concurrency = concurrency
+        self._wake = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        # A job still `processing` was being run by this server's previous process, which died: run it again.
+        for job_id in await self.store.ids_with_status(JobStatus.processing.value, limit=10_000):
+            await self.store._mutate(job_id, _back_to_queue)
+        self._loop_task = asyncio.get_running_loop().create_task(self._loop(), name="jobs-runner")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                free = self.concurrency - len(self._tasks)
+                if free > 0:
+                    for job_id in await self.store.ids_with_status(JobStatus.queued.value, limit=free + len(self._tasks)):
+                        if job_id in self._tasks or len(self._tasks) >= self.concurrency:
+                            continue
+                        task = asyncio.get_running_loop().create_task(self.executor.run(job_id), name=f"job-{job_id}")
+                        self._tasks[job_id] = task
+                        task.add_done_callback(self._done)
+            except STTError as exc:
+                log.warning("jobs runner: %s", exc.message)
+            except Exception:
+                log.exception("jobs runner: could not look for queued jobs")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            self._wake.clear()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        for job_id, t in list(self._tasks.items()):
+            if t is task:
+                del self._tasks[job_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job run crashed", exc_info=task.exception())
+        self._wake.set()
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._loop_task, *self._tasks.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _back_to_queue(job: Job) -> bool:
+    if job.status != JobStatus.processing.value:
+        return False
+    job.status, job.worker, job.progress_seconds = JobStatus.queued.value, None, 0.0
+    return True
