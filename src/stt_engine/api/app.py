@@ -16,6 +16,7 @@ from stt_engine import __version__
 from stt_engine.api.errors import install_error_handlers
 from stt_engine.api.postprocess_routes import router as postprocess_router
 from stt_engine.api.middleware import RequestContextMiddleware, UploadLimitMiddleware
+from stt_engine.api.realtime_routes import router as realtime_router
 from stt_engine.api.routes import router
 from stt_engine.api.security import install_security
 from stt_engine.audio import SAMPLE_RATE, DecodedAudio
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None, *, model: ResolvedModel | None 
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, router=app.router)
     app.include_router(router)
     app.include_router(postprocess_router)
+    app.include_router(realtime_router)
     return app
 
 
