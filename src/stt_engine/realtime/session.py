@@ -299,6 +299,8 @@ class RealtimeSession:
                         log.info("realtime partial skipped: %s", exc.message)
                         transcript = None
                     if transcript is not None:
+                        log.debug("partial %s: %.2f s of audio in %.2f s: %s", item.id, len(audio) / SAMPLE_RATE,
+                                  time.monotonic() - started, transcript.text)
                         current = agreement.tokens(transcript.text, transcript.language)
                         new = agreement.partial_delta(item.sent, previous, current)
                         previous = current
