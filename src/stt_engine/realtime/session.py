@@ -50,7 +50,10 @@ from stt_engine.realtime.vad import SpeechStarted, SpeechStopped, StreamingVad, 
 log = logging.getLogger(__name__)
 
 MIN_COMMIT_SECONDS = 0.1  # OpenAI refuses to commit less than 100 ms
-MIN_PARTIAL_SECONDS = 0.5  # shorter audio gives Whisper too little to say anything stable
+MIN_PARTIAL_SECONDS = 1.0  # shorter audio gives Whisper too little to say anything stable (or the wrong language)
+# Once a turn has been quiet this long, the next decode is a candidate final: if the speaker does not resume, the
+# turn ends (silence_duration_ms later) with its transcript already decoded.
+EARLY_FINAL_PAUSE_SECONDS = 0.2
 MAX_TURN_SECONDS = 30.0
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -68,6 +71,8 @@ class _Item:
     sent: list[str] = field(default_factory=list)
     sent_text: str = ""
     task: asyncio.Task[None] | None = None
+    stopped: SpeechStopped | None = None
+    early: tuple[int, Transcript] | None = None  # (speech end it covered, transcript) of the last candidate final
 
 
 class RealtimeSession:
@@ -249,7 +254,7 @@ class RealtimeSession:
     async def _end_item(self, stopped: SpeechStopped) -> None:
         item = self._item or self._open_item(stopped.start)
         self._item = None
-        item.audio, item.ended_at = stopped.audio, time.monotonic()
+        item.audio, item.ended_at, item.stopped = stopped.audio, time.monotonic(), stopped
         await self._send(event("input_audio_buffer.committed", item_id=item.id,
                                previous_item_id=self._last_item_id))
         self._last_item_id = item.id
@@ -276,7 +281,7 @@ class RealtimeSession:
 
     async def _partials(self, item: _Item) -> None:
         """Re-decode the open turn every `partial_interval` (one decode in flight at most) and send what two
-        consecutive hypotheses agree on."""
+        consecutive hypotheses agree on. In a pause, decode as a candidate final instead (see `_final`)."""
         ended = asyncio.ensure_future(item.ended.wait())
         previous: list[str] | None = None
         decoded_len = 0
@@ -286,21 +291,28 @@ class RealtimeSession:
                 audio = self._tracker.turn_audio() if self._item is item else None
                 if audio is not None and len(audio) >= MIN_PARTIAL_SECONDS * SAMPLE_RATE and len(audio) > decoded_len:
                     decoded_len = len(audio)
-                    decode = asyncio.ensure_future(self._transcribe(audio, self._partial_options()))
+                    early = self._tracker.pause_samples >= EARLY_FINAL_PAUSE_SECONDS * SAMPLE_RATE
+                    speech_end = self._tracker.speech_end
+                    options = self._options if early else self._partial_options()
+                    decode = asyncio.ensure_future(self._transcribe(audio, options))
                     await asyncio.wait({decode, ended}, return_when=asyncio.FIRST_COMPLETED)
-                    if not decode.done():  # the turn ended: its final decode supersedes this one
+                    if not decode.done() and not early:  # the turn ended: its final decode supersedes this one
                         decode.cancel()
                         with contextlib.suppress(BaseException):
                             await decode
                         return
                     try:
-                        transcript = decode.result()
+                        transcript: Transcript | None = await decode
                     except STTError as exc:  # e.g. the queue is full: skip this partial, keep the turn
                         log.info("realtime partial skipped: %s", exc.message)
                         transcript = None
                     if transcript is not None:
-                        log.debug("partial %s: %.2f s of audio in %.2f s: %s", item.id, len(audio) / SAMPLE_RATE,
-                                  time.monotonic() - started, transcript.text)
+                        log.debug("%s %s: %.2f s of audio in %.2f s: %s", "early final" if early else "partial",
+                                  item.id, len(audio) / SAMPLE_RATE, time.monotonic() - started, transcript.text)
+                        if early and speech_end is not None:
+                            item.early = (speech_end, transcript)
+                        if item.ended.is_set():
+                            return
                         current = agreement.tokens(transcript.text, transcript.language)
                         new = agreement.partial_delta(item.sent, previous, current)
                         previous = current
@@ -309,19 +321,31 @@ class RealtimeSession:
                             if self._metrics is not None:
                                 self._metrics.realtime_partial_latency.observe(time.monotonic() - started)
                 wait = self.partial_interval - (time.monotonic() - started)
+                if self._tracker.pause_samples and self._item is item:
+                    wait = min(wait, 0.05)  # a pause began: decode the candidate final soon
                 if wait > 0:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(asyncio.shield(ended), wait)
         finally:
             ended.cancel()
 
+    def _early_final(self, item: _Item) -> Transcript | None:
+        """The candidate final decoded in the turn's closing pause, if no speech came after it."""
+        stopped = item.stopped
+        if item.early is None or stopped is None or stopped.cut or stopped.speech_end is None:
+            return None
+        speech_end, transcript = item.early
+        return transcript if speech_end == stopped.speech_end else None
+
     async def _final(self, item: _Item, previous: asyncio.Task[None] | None) -> None:
         assert item.audio is not None
-        try:
-            transcript: Transcript | None = await self._transcribe(item.audio, self._options)
-            failure = None
-        except STTError as exc:
-            transcript, failure = None, exc
+        transcript: Transcript | None = self._early_final(item)
+        failure: STTError | None = None
+        if transcript is None:
+            try:
+                transcript = await self._transcribe(item.audio, self._options)
+            except STTError as exc:
+                failure = exc
         if previous is not None and not previous.done():
             with contextlib.suppress(BaseException):
                 await asyncio.shield(previous)  # items complete in the order they were spoken

@@ -55,6 +55,7 @@ class SpeechStopped:
     end: int
     audio: np.ndarray
     cut: bool = False  # ended by the length limit, not by a pause of silence_duration_ms
+    speech_end: int | None = None  # end of the last window scored as speech (None without VAD)
 
 
 class _Buffer:
@@ -108,6 +109,12 @@ class TurnTracker:
         self._silence = 0  # consecutive quiet windows inside the turn
         self._pause: int | None = None  # middle of the latest pause inside the turn
         self._last_end = 0
+        self.speech_end: int | None = None  # end of the open turn's last speech window
+
+    @property
+    def pause_samples(self) -> int:
+        """How long the open turn has been quiet (0 while speaking, between turns, or without VAD)."""
+        return self._silence * WINDOW if self.vad and self.turn_start is not None else 0
 
     @property
     def position(self) -> int:
@@ -137,7 +144,7 @@ class TurnTracker:
             if self.turn_start is None:
                 if p >= self.threshold:
                     self.turn_start = max(start - self.prefix, self._last_end, self._buffer.base)
-                    self._silence, self._pause = 0, None
+                    self._silence, self._pause, self.speech_end = 0, None, end
                     events.append(SpeechStarted(self.turn_start))
                 continue
             if p < self.neg_threshold:
@@ -145,14 +152,14 @@ class TurnTracker:
                 if self._silence * WINDOW >= MIN_PAUSE_S * SAMPLE_RATE:
                     self._pause = end - self._silence * WINDOW // 2
             elif p >= self.threshold:
-                self._silence = 0
+                self._silence, self.speech_end = 0, end
             if self._silence >= self.silence_windows:
                 events.append(self._stop(end))
                 self.turn_start = None
             elif end - self.turn_start >= self.max_turn:
                 pause = self._pause if self._pause and self._pause - self.turn_start >= MIN_CUT_S * SAMPLE_RATE else None
                 events.append(self._stop(pause or end, cut=True))
-                self.turn_start, self._silence, self._pause = self._last_end, 0, None
+                self.turn_start, self._silence, self._pause, self.speech_end = self._last_end, 0, None, end
                 events.append(SpeechStarted(self.turn_start))
         if self.turn_start is None:  # between turns keep only what a next turn's prefix padding may need
             self._buffer.drop_before(self._buffer.end - self.prefix - WINDOW)
@@ -181,7 +188,8 @@ class TurnTracker:
     def _stop(self, end: int, cut: bool = False) -> SpeechStopped:
         assert self.turn_start is not None
         audio = self._buffer.slice(self.turn_start, end)
-        stopped = SpeechStopped(self.turn_start, end, audio, cut)
+        speech_end = min(self.speech_end, end) if self.vad and self.speech_end is not None else None
+        stopped = SpeechStopped(self.turn_start, end, audio, cut, speech_end)
         self._last_end = end
         self._buffer.drop_before(end - (0 if cut else self.prefix))
         return stopped
