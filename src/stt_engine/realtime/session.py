@@ -50,7 +50,7 @@ from stt_engine.realtime.vad import SpeechStarted, SpeechStopped, StreamingVad, 
 log = logging.getLogger(__name__)
 
 MIN_COMMIT_SECONDS = 0.1  # OpenAI refuses to commit less than 100 ms
-MIN_PARTIAL_SECONDS = 1.0  # shorter audio gives Whisper too little to say anything stable (or the wrong language)
+MIN_PARTIAL_SECONDS = 0.8  # shorter audio gives Whisper too little to say anything stable (or the wrong language)
 # Once a turn has been quiet this long, the next decode is a candidate final: if the speaker does not resume, the
 # turn ends (silence_duration_ms later) with its transcript already decoded.
 EARLY_FINAL_PAUSE_SECONDS = 0.2
@@ -73,6 +73,7 @@ class _Item:
     task: asyncio.Task[None] | None = None
     stopped: SpeechStopped | None = None
     early: tuple[int, Transcript] | None = None  # (speech end it covered, transcript) of the last candidate final
+    paused: asyncio.Event = field(default_factory=asyncio.Event)  # quiet for EARLY_FINAL_PAUSE_SECONDS now
 
 
 class RealtimeSession:
@@ -187,6 +188,13 @@ class RealtimeSession:
         samples, probs = await run_in_threadpool(self._ingest, data)
         for ev in self._tracker.feed(samples, probs):
             await self._on_turn_event(ev)
+        if self._item is not None:
+            if self._tracker.pause_samples >= EARLY_FINAL_PAUSE_SECONDS * SAMPLE_RATE:
+                self._item.paused.set()
+            else:
+                self._item.paused.clear()
+                if self._tracker.pause_samples == 0:  # speaking again: a candidate final is out of date
+                    self._item.early = None
         if not self.vad_on and self._item is None and self._tracker.turn_start is not None:
             self._open_item(self._tracker.turn_start)  # without VAD, partials run on the uncommitted buffer
 
@@ -269,7 +277,7 @@ class RealtimeSession:
 
     async def _run_item(self, item: _Item, previous: asyncio.Task[None] | None) -> None:
         try:
-            await self._partials(item)
+            await self._partials(item, previous)
             await self._final(item, previous)
         except asyncio.CancelledError:
             raise
@@ -279,9 +287,14 @@ class RealtimeSession:
                                    content_index=0, error={"type": "server_error", "code": "internal_error",
                                                            "message": "Transcription failed.", "param": None}))
 
-    async def _partials(self, item: _Item) -> None:
+    async def _partials(self, item: _Item, previous_item: asyncio.Task[None] | None) -> None:
         """Re-decode the open turn every `partial_interval` (one decode in flight at most) and send what two
-        consecutive hypotheses agree on. In a pause, decode as a candidate final instead (see `_final`)."""
+        consecutive hypotheses agree on.
+
+        Once the turn has been quiet for `EARLY_FINAL_PAUSE_SECONDS`, a partial still in flight is dropped and the
+        turn is decoded as a candidate final instead (see `_final`). While the previous turn's final is still being
+        decoded, partials wait: on a busy CPU, finished turns come first.
+        """
         ended = asyncio.ensure_future(item.ended.wait())
         previous: list[str] | None = None
         decoded_len = 0
@@ -289,45 +302,69 @@ class RealtimeSession:
             while not item.ended.is_set():
                 started = time.monotonic()
                 audio = self._tracker.turn_audio() if self._item is item else None
+                if previous_item is not None and not previous_item.done():
+                    audio = None
+                if item.paused.is_set() and item.early is not None:
+                    audio = None  # quiet, and the candidate final already covers the speech
                 if audio is not None and len(audio) >= MIN_PARTIAL_SECONDS * SAMPLE_RATE and len(audio) > decoded_len:
-                    decoded_len = len(audio)
-                    early = self._tracker.pause_samples >= EARLY_FINAL_PAUSE_SECONDS * SAMPLE_RATE
+                    early = item.paused.is_set()
                     speech_end = self._tracker.speech_end
-                    options = self._options if early else self._partial_options()
-                    decode = asyncio.ensure_future(self._transcribe(audio, options))
-                    await asyncio.wait({decode, ended}, return_when=asyncio.FIRST_COMPLETED)
-                    if not decode.done() and not early:  # the turn ended: its final decode supersedes this one
-                        decode.cancel()
-                        with contextlib.suppress(BaseException):
-                            await decode
-                        return
-                    try:
-                        transcript: Transcript | None = await decode
-                    except STTError as exc:  # e.g. the queue is full: skip this partial, keep the turn
-                        log.info("realtime partial skipped: %s", exc.message)
-                        transcript = None
-                    if transcript is not None:
-                        log.debug("%s %s: %.2f s of audio in %.2f s: %s", "early final" if early else "partial",
-                                  item.id, len(audio) / SAMPLE_RATE, time.monotonic() - started, transcript.text)
-                        if early and speech_end is not None:
-                            item.early = (speech_end, transcript)
+                    transcript = await self._hypothesis(item, audio, early, ended)
+                    if transcript is None:
                         if item.ended.is_set():
                             return
-                        current = agreement.tokens(transcript.text, transcript.language)
-                        new = agreement.partial_delta(item.sent, previous, current)
-                        previous = current
-                        if new:
-                            await self._send_delta(item, new)
-                            if self._metrics is not None:
-                                self._metrics.realtime_partial_latency.observe(time.monotonic() - started)
+                        if not item.paused.is_set():  # refused by the scheduler: try again later
+                            await asyncio.sleep(self.partial_interval)
+                        continue  # (or dropped for the candidate final, which the next round decodes)
+                    decoded_len = len(audio)
+                    log.debug("%s %s: %.2f s of audio in %.2f s: %s", "early final" if early else "partial",
+                              item.id, len(audio) / SAMPLE_RATE, time.monotonic() - started, transcript.text)
+                    if early and speech_end is not None:
+                        item.early = (speech_end, transcript)
+                    if item.ended.is_set():
+                        return
+                    current = agreement.tokens(transcript.text, transcript.language)
+                    new = agreement.partial_delta(item.sent, previous, current)
+                    previous = current
+                    if new:
+                        await self._send_delta(item, new)
+                        if self._metrics is not None:
+                            self._metrics.realtime_partial_latency.observe(time.monotonic() - started)
                 wait = self.partial_interval - (time.monotonic() - started)
-                if self._tracker.pause_samples and self._item is item:
-                    wait = min(wait, 0.05)  # a pause began: decode the candidate final soon
+                if item.paused.is_set() and item.early is None:
+                    wait = min(wait, 0.05)  # a pause began: decode the candidate final now
                 if wait > 0:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(asyncio.shield(ended), wait)
         finally:
             ended.cancel()
+
+    async def _hypothesis(self, item: _Item, audio: np.ndarray, early: bool,
+                          ended: asyncio.Future[Any]) -> Transcript | None:
+        """One decode of the open turn; None when it was dropped (turn ended, or a pause began under a partial)
+        or refused by the scheduler."""
+        options = self._options if early else self._partial_options()
+        decode = asyncio.ensure_future(self._transcribe(audio, options))
+        waits: set[asyncio.Future[Any]] = {decode}
+        if not early:  # a candidate final outlives the end of its turn: that is what it is for
+            waits.add(ended)
+            pause = asyncio.ensure_future(item.paused.wait())
+            waits.add(pause)
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not early:
+                pause.cancel()
+        if not decode.done():
+            decode.cancel()
+            with contextlib.suppress(BaseException):
+                await decode
+            return None
+        try:
+            return decode.result()
+        except STTError as exc:  # e.g. the queue is full: skip this one, keep the turn
+            log.info("realtime partial skipped: %s", exc.message)
+            return None
 
     def _early_final(self, item: _Item) -> Transcript | None:
         """The candidate final decoded in the turn's closing pause, if no speech came after it."""
