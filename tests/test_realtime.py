@@ -245,3 +245,16 @@ def test_idle_session_is_closed_with_a_reason(limited: str) -> None:
         with pytest.raises(websockets.exceptions.ConnectionClosed) as info:
             recv(ws)
         assert info.value.rcvd is not None and info.value.rcvd.code == 1000
+
+
+def test_listen_cli_prints_finals(server: str) -> None:
+    import os
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "stt_engine", "listen", str(SHORT_EN.path), "--url", server, "--language", "en",
+         "--speed", "2"],
+        capture_output=True, text=True, timeout=120, env={**os.environ},
+    )
+    assert result.returncode == 0, result.stderr
+    assert error_rate(result.stdout, SHORT_EN) <= BOUND, (result.stdout, result.stderr)

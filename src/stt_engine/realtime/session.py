@@ -51,9 +51,10 @@ log = logging.getLogger(__name__)
 
 MIN_COMMIT_SECONDS = 0.1  # OpenAI refuses to commit less than 100 ms
 MIN_PARTIAL_SECONDS = 0.8  # shorter audio gives Whisper too little to say anything stable (or the wrong language)
-# Once a turn has been quiet this long, the next decode is a candidate final: if the speaker does not resume, the
-# turn ends (silence_duration_ms later) with its transcript already decoded.
-EARLY_FINAL_PAUSE_SECONDS = 0.2
+# Once a turn has been quiet for half its silence_duration_ms (at least this long), the next decode is a candidate
+# final: if the speaker does not resume, the turn ends with its transcript already decoded. Shorter pauses are
+# mostly between words of one sentence.
+EARLY_FINAL_PAUSE_SECONDS = 0.3
 MAX_TURN_SECONDS = 30.0
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -189,7 +190,7 @@ class RealtimeSession:
         for ev in self._tracker.feed(samples, probs):
             await self._on_turn_event(ev)
         if self._item is not None:
-            if self._tracker.pause_samples >= EARLY_FINAL_PAUSE_SECONDS * SAMPLE_RATE:
+            if self._tracker.pause_samples >= self._early_final_pause() * SAMPLE_RATE:
                 self._item.paused.set()
             else:
                 self._item.paused.clear()
@@ -291,7 +292,7 @@ class RealtimeSession:
         """Re-decode the open turn every `partial_interval` (one decode in flight at most) and send what two
         consecutive hypotheses agree on.
 
-        Once the turn has been quiet for `EARLY_FINAL_PAUSE_SECONDS`, a partial still in flight is dropped and the
+        Once the turn has been quiet for half its `silence_duration_ms`, a partial still in flight is dropped and the
         turn is decoded as a candidate final instead (see `_final`). While the previous turn's final is still being
         decoded, partials wait: on a busy CPU, finished turns come first.
         """
@@ -417,6 +418,10 @@ class RealtimeSession:
         # Turns cut by our VAD are speech already; committed buffers without VAD get the file path's VAD filter.
         return build_options(self.settings, language=config.language, prompt=config.prompt,
                              vad_filter=None if config.turn_detection is None else False)
+
+    def _early_final_pause(self) -> float:
+        td = self.config.turn_detection
+        return max(EARLY_FINAL_PAUSE_SECONDS, td.silence_duration_ms / 2000) if td else float("inf")
 
     def _partial_options(self) -> TranscribeOptions:
         """Partials are provisional: greedy, no temperature fallback, so they cost the least."""
