@@ -75,6 +75,7 @@ class _Item:
     stopped: SpeechStopped | None = None
     early: tuple[int, Transcript] | None = None  # (speech end it covered, transcript) of the last candidate final
     paused: asyncio.Event = field(default_factory=asyncio.Event)  # quiet for EARLY_FINAL_PAUSE_SECONDS now
+    vad_turn: bool = False  # opened by the VAD hearing speech (else: buffered audio the client committed)
 
 
 class RealtimeSession:
@@ -243,6 +244,7 @@ class RealtimeSession:
     async def _on_turn_event(self, ev: SpeechStarted | SpeechStopped) -> None:
         if isinstance(ev, SpeechStarted):
             item = self._open_item(ev.start)
+            item.vad_turn = True
             await self._send(event("input_audio_buffer.speech_started", audio_start_ms=_ms(ev.start),
                                    item_id=item.id))
         else:
@@ -381,7 +383,10 @@ class RealtimeSession:
         failure: STTError | None = None
         if transcript is None:
             try:
-                transcript = await self._transcribe(item.audio, self._options)
+                # audio our VAD did not cut (a client's commit) goes through the file path's VAD filter
+                options = self._options if item.vad_turn else replace(
+                    self._options, vad_filter=self.settings.whisper_vad_filter)
+                transcript = await self._transcribe(item.audio, options)
             except STTError as exc:
                 failure = exc
         if previous is not None and not previous.done():
