@@ -386,7 +386,10 @@ class RealtimeSession:
                 # audio our VAD did not cut (a client's commit) goes through the file path's VAD filter
                 options = self._options if item.vad_turn else replace(
                     self._options, vad_filter=self.settings.whisper_vad_filter)
+                started = time.monotonic()
                 transcript = await self._transcribe(item.audio, options)
+                log.debug("final %s: %.2f s of audio in %.2f s (%.2f s after the turn ended)", item.id,
+                          len(item.audio) / SAMPLE_RATE, time.monotonic() - started, time.monotonic() - item.ended_at)
             except STTError as exc:
                 failure = exc
         if previous is not None and not previous.done():
