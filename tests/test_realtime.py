@@ -169,6 +169,9 @@ def test_bad_input_gets_error_events_and_the_session_goes_on(server: str) -> Non
         bad_language = error_for(json.dumps({"type": "session.update", "session": {
             "type": "transcription", "audio": {"input": {"transcription": {"language": "xx"}}}}}))
         assert bad_language["code"] == "invalid_language"
+        append_all(ws, silence(0.5))
+        ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
+        assert recv_until(ws, "input_audio_buffer.cleared", timeout=30)
         # still usable, and the refused updates changed nothing (format is still 24 kHz PCM)
         updated = manual_session(ws, {"type": "audio/pcm", "rate": 24000})
         assert updated["session"]["audio"]["input"]["transcription"]["language"] == "en"

@@ -150,6 +150,10 @@ class RealtimeSession:
         except STTError as exc:
             await self._send(error_event(exc.message, code=exc.code, param=exc.param, event_id=event_id,
                                          error_type=exc.error_type))
+        except Exception:  # a bug must cost one message, not the session
+            log.exception("realtime session %s: failed to handle a client event", self.id)
+            await self._send(error_event("The server failed to handle this event.", code="internal_error",
+                                         event_id=event_id, error_type="server_error"))
 
     async def _session_update(self, message: dict[str, Any]) -> None:
         session = message.get("session")
@@ -202,9 +206,10 @@ class RealtimeSession:
 
     async def _commit(self, message: dict[str, Any]) -> None:
         position = self._tracker.position
-        stopped = self._tracker.commit()
-        if stopped is None or len(stopped.audio) < MIN_COMMIT_SECONDS * SAMPLE_RATE:
-            seconds = 0.0 if stopped is None else len(stopped.audio) / SAMPLE_RATE
+        pending = self._tracker.uncommitted()
+        stopped = self._tracker.commit() if pending >= MIN_COMMIT_SECONDS * SAMPLE_RATE else None
+        if stopped is None:
+            seconds = pending / SAMPLE_RATE
             raise ProtocolError(
                 f"Error committing input audio buffer: buffer too small. Expected at least "
                 f"{MIN_COMMIT_SECONDS * 1000:.0f}ms of audio, but buffer only has {seconds * 1000:.2f}ms of audio.",

@@ -169,9 +169,16 @@ class TurnTracker:
         """Start this (new) tracker at `position` of a session's timeline, with a fresh VAD stream from there."""
         self._buffer.base = self._origin = self._last_end = position
 
+    def _commit_start(self) -> int:
+        return self.turn_start if self.turn_start is not None else max(self._last_end, self._buffer.base)
+
+    def uncommitted(self) -> int:
+        """Samples a commit now would take."""
+        return max(0, self._buffer.end - self._commit_start())
+
     def commit(self) -> SpeechStopped | None:
         """The client's commit: the open turn (or, between VAD turns, the buffered audio) ends now."""
-        start = self.turn_start if self.turn_start is not None else max(self._last_end, self._buffer.base)
+        start = self._commit_start()
         if self._buffer.end <= start:
             return None
         self.turn_start = start
