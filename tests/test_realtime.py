@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 from websockets.sync.client import connect
@@ -116,6 +117,10 @@ def test_sdk_korean_pause_english_live(server: str) -> None:
         else:
             print(f"CPU saturated ({file_seconds:.1f} s for a 6 s file): partial timing not asserted")
         assert done["usage"]["type"] == "duration" and 1.0 < done["usage"]["seconds"] < 12
+    metrics = httpx.get(server + "/metrics").text
+    assert "stt_realtime_sessions_open" in metrics
+    count = next(line for line in metrics.splitlines() if line.startswith("stt_realtime_final_latency_seconds_count"))
+    assert float(count.split()[-1]) >= 2
 
 
 # --- other dialects and formats ----------------------------------------------------------------------------------
