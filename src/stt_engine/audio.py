@@ -305,8 +305,11 @@ class _MonoMixer:
 
     def _resample(self, frame: av.AudioFrame | None) -> list[np.ndarray]:
         if self._resampler is None:
-            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-        out = [piece.to_ndarray().reshape(-1) for piece in self._resampler.resample(frame)]
+            # 16-bit, then scaled, exactly as faster-whisper's `decode_audio`: the model sees the library's samples
+            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        out = [
+            piece.to_ndarray().reshape(-1).astype(np.float32) / 32768.0 for piece in self._resampler.resample(frame)
+        ]
         self._started = True
         return out
 
