@@ -304,6 +304,7 @@ function showResult(r, audioUrl) {
     const li = document.createElement("li");
     const b = document.createElement("button");
     b.type = "button";
+    b.dataset.start = seg.start;
     const ts = document.createElement("span");
     ts.className = "ts";
     ts.textContent = clock(seg.start, ".").slice(3, 9) + "–" + clock(seg.end, ".").slice(3, 9);
@@ -326,9 +327,8 @@ let stopAt = null;
 function playPart(start, end) {
   const player = $("player");
   if (!player.src) return;
-  player.currentTime = start;
-  stopAt = end;
-  player.play().catch(() => {});
+  const go = () => { player.currentTime = start; stopAt = end; player.play().catch(() => {}); };
+  if (player.readyState >= 1) go(); else player.addEventListener("loadedmetadata", go, { once: true });
 }
 
 function rendered(fmt) {
