@@ -290,6 +290,14 @@ function clock(seconds, sep) {
   return two(h) + ":" + two(m) + ":" + two(s) + sep + String(f).padStart(3, "0");
 }
 
+/** m:ss.s (h:mm:ss.s past an hour), for the segment list. */
+function short(seconds) {
+  const tenths = Math.round(seconds * 10);
+  const h = Math.floor(tenths / 36000), m = Math.floor(tenths / 600) % 60, s = (tenths % 600) / 10;
+  const ss = s.toFixed(1).padStart(4, "0");
+  return h ? h + ":" + String(m).padStart(2, "0") + ":" + ss : m + ":" + ss;
+}
+
 function showResult(r, audioUrl) {
   result = r;
   resultAudio = audioUrl;
@@ -307,7 +315,7 @@ function showResult(r, audioUrl) {
     b.dataset.start = seg.start;
     const ts = document.createElement("span");
     ts.className = "ts";
-    ts.textContent = clock(seg.start, ".").slice(3, 9) + "–" + clock(seg.end, ".").slice(3, 9);
+    ts.textContent = short(seg.start) + " – " + short(seg.end);
     const tx = document.createElement("span");
     tx.className = "seg-text";
     tx.textContent = seg.text.trim();
