@@ -272,22 +272,29 @@ def test_with_api_keys_the_page_asks_for_the_key_then_works(browser: object, key
 
 
 # --- live ----------------------------------------------------------------------------------------------------
-@pytest.mark.skipif(not HAVE_REALTIME, reason="/v1/realtime is not on this branch yet (branch `realtime`)")
+@pytest.mark.skipif(not HAVE_REALTIME, reason="/v1/realtime is not on this branch: it comes with branch `realtime`, "
+                    "which did not merge cleanly into this one; the test runs once both are in main")
 def test_record_shows_partial_then_final_text(visit: Visit) -> None:
+    """The fake microphone plays the JFK clip (then 3 s of silence, looped): grey partial text appears while a
+    turn is open, black finals per turn, and the finals up to the clip's last words read as the clip."""
     page, c = visit.page, clip(LIVE)
     page.evaluate("""() => { window.__partials = 0; new MutationObserver(() => { window.__partials +=
-        document.querySelectorAll('#rec-live p.partial').length ? 1 : 0; }).observe(
-        document.getElementById('rec-live'), {childList: true, characterData: true, subtree: true}); }""")
+        Array.from(document.querySelectorAll('#rec-live p.partial')).some(p => p.textContent.trim()) ? 1 : 0; })
+        .observe(document.getElementById('rec-live'), {childList: true, characterData: true, subtree: true}); }""")
     page.click("#tab-record")
     page.select_option("#rec-language", "en")
     page.click("#rec-start")
-    page.wait_for_selector("#rec-live p.final", timeout=90_000)
+    finals = "Array.from(document.querySelectorAll('#rec-live p.final')).map(p => p.textContent).join(' ')"
+    page.wait_for_function(f"() => /for your country/i.test({finals})", timeout=120_000)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "live.png"), full_page=True)
     page.click("#rec-stop")
     page.wait_for_selector("#rec-after:not([hidden])", timeout=30_000)
-    final = page.locator("#rec-live p.final").first.inner_text()
-    print(f"live final: {final!r}; partial updates seen: {page.evaluate('window.__partials')}")
+    text = page.evaluate(finals)
+    first_pass = text[: text.lower().index("for your country") + len("for your country")]
+    rate = error_rate(first_pass, c)
+    print(f"live finals: {first_pass!r}: WER {rate:.3f}; partial updates seen: {page.evaluate('window.__partials')}")
     assert page.evaluate("window.__partials") >= 1
-    assert error_rate(final, c) <= 0.35, final
+    assert rate <= 0.35, first_pass
+    assert page.locator("#rec-audio").get_attribute("src", timeout=1000).startswith("blob:")
     assert any("/v1/realtime" in u for u in visit.urls)

@@ -548,6 +548,8 @@ async function startRecording() {
       if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "input_audio_buffer.append", audio: base64(pcm) }));
     };
     source.connect(node);
+    node.connect(context.destination); // a node nothing pulls is not run; the worklet writes silence to it
+    await context.resume();
     rec.node = node;
     rec.source = source;
     $("rec-stop").disabled = false;

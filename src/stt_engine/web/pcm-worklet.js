@@ -4,7 +4,8 @@
 class Pcm16Capture extends AudioWorkletProcessor {
   constructor() {
     super();
-    this.chunk = new Int16Array(Math.round(sampleRate / 10));
+    this.size = Math.round(sampleRate / 10);
+    this.chunk = new Int16Array(this.size);
     this.filled = 0;
   }
 
@@ -14,9 +15,9 @@ class Pcm16Capture extends AudioWorkletProcessor {
       for (let i = 0; i < channel.length; i++) {
         const s = Math.max(-1, Math.min(1, channel[i]));
         this.chunk[this.filled++] = s < 0 ? s * 0x8000 : s * 0x7fff;
-        if (this.filled === this.chunk.length) {
-          this.port.postMessage(this.chunk.buffer, [this.chunk.buffer]);
-          this.chunk = new Int16Array(this.chunk.length);
+        if (this.filled === this.size) {
+          this.port.postMessage(this.chunk.buffer, [this.chunk.buffer]); // transferred: the array is now empty
+          this.chunk = new Int16Array(this.size);
           this.filled = 0;
         }
       }
