@@ -29,7 +29,6 @@ LIVE = "en/jfk.flac"
 BOUND = 0.25  # per clip (test_accuracy bounds the corpus mean at 0.15)
 HAVE_REALTIME = importlib.util.find_spec("stt_engine.realtime") is not None
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs the chromium package (scripts/system-deps.sh)")
 
 
 def _args(extra: list[str] | None = None) -> list[str]:
@@ -50,6 +49,8 @@ def live_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(live_wav: Path) -> Iterator[object]:
+    if not CHROMIUM.exists():
+        pytest.skip("needs the chromium package (scripts/system-deps.sh)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -121,6 +122,21 @@ def _parse_srt(text: str) -> list[tuple[float, float, str]]:
         assert 0 <= start <= end
         cues.append((start, end, match.group(4).strip()))
     return cues
+
+
+# --- serving ---------------------------------------------------------------------------------------------------
+def test_root_serves_the_page_to_browsers_and_json_to_clients(server: str) -> None:
+    page = httpx.get(server + "/", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert re.findall(r'(?:src|href)="(https?:)?//', page.text) == []  # nothing from another host
+    for asset in ("app.js", "app.css", "pcm-worklet.js"):
+        response = httpx.get(f"{server}/web/{asset}")
+        assert response.status_code == 200
+        assert re.findall(r"(?:https?|wss?):\/\/[A-Za-z0-9]", response.text) == [], asset  # no URL with a host in it
+    plain = httpx.get(server + "/")  # curl, probes, scripts: the signpost JSON as before
+    assert plain.json()["service"] == "stt-engine" and plain.json()["docs"] == "/docs"
+    assert httpx.get(server + "/web/../pyproject.toml").status_code == 404
 
 
 # --- upload ------------------------------------------------------------------------------------------------

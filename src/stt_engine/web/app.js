@@ -28,6 +28,7 @@ const TEXT = {
     stLLMOk: "reachable ({0})", stLLMBad: "unreachable", stWorkers: "Workers", stCompute: "Compute type",
     ppRunning: "The LLM is working…", statusLoading: "The model is loading; retry in a few seconds.",
     networkError: "The server could not be reached: {0}",
+    jobNoTranslate: "Jobs transcribe only: untick \"Use a job\" to translate (files up to 10 minutes).",
   },
   ko: {
     skip: "본문으로 건너뛰기", views: "보기", tabUpload: "파일 업로드", tabRecord: "녹음", tabResult: "결과",
@@ -55,6 +56,7 @@ const TEXT = {
     stLLMOk: "연결됨 ({0})", stLLMBad: "연결 안 됨", stWorkers: "워커", stCompute: "연산 형식",
     ppRunning: "LLM이 처리 중입니다…", statusLoading: "모델을 불러오는 중입니다. 잠시 후 다시 시도하세요.",
     networkError: "서버에 연결할 수 없습니다: {0}",
+    jobNoTranslate: "작업은 받아쓰기만 합니다: 번역하려면 \"작업으로 처리\"를 해제하세요 (10분 이하 파일).",
   },
 };
 
@@ -203,6 +205,7 @@ async function startUpload(event) {
     const duration = await mediaDuration(file);
     const asJob = $("use-job").checked || (duration !== null && duration > JOB_THRESHOLD_S) ||
       (duration === null && file.size > 200 * 1048576);
+    if (asJob && $("task").value === "translate") throw new Error(t("jobNoTranslate"));
     if (asJob) await runJob(file);
     else await runStream(file);
   } catch (e) {
