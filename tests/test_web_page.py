@@ -139,6 +139,15 @@ def test_root_serves_the_page_to_browsers_and_json_to_clients(server: str) -> No
     assert httpx.get(server + "/web/../pyproject.toml").status_code == 404
 
 
+def test_tls_files_reach_uvicorn(tmp_path: Path) -> None:
+    from stt_engine.api.server import uvicorn_options
+    from stt_engine.config import Settings
+
+    assert "ssl_certfile" not in uvicorn_options(Settings(server_ssl_certfile="", server_ssl_keyfile=""))
+    options = uvicorn_options(Settings(server_ssl_certfile=tmp_path / "c.pem", server_ssl_keyfile=tmp_path / "k.pem"))
+    assert options["ssl_certfile"] == str(tmp_path / "c.pem") and options["ssl_keyfile"] == str(tmp_path / "k.pem")
+
+
 # --- upload ------------------------------------------------------------------------------------------------
 def test_upload_korean_clip_in_a_korean_browser(browser: object, server: str) -> None:
     v = Visit(browser, server, locale="ko-KR")
