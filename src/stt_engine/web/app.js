@@ -28,6 +28,7 @@ const TEXT = {
     stLLMOk: "reachable ({0})", stLLMBad: "unreachable", stWorkers: "Workers", stCompute: "Compute type",
     ppRunning: "The LLM is working…", statusLoading: "The model is loading; retry in a few seconds.",
     networkError: "The server could not be reached: {0}",
+    liveUnavailable: "Live transcription could not start (/v1/realtime: {0}). Check the API key; an older server has no live endpoint.",
     jobNoTranslate: "Jobs transcribe only: untick \"Use a job\" to translate (files up to 10 minutes).",
   },
   ko: {
@@ -56,6 +57,7 @@ const TEXT = {
     stLLMOk: "연결됨 ({0})", stLLMBad: "연결 안 됨", stWorkers: "워커", stCompute: "연산 형식",
     ppRunning: "LLM이 처리 중입니다…", statusLoading: "모델을 불러오는 중입니다. 잠시 후 다시 시도하세요.",
     networkError: "서버에 연결할 수 없습니다: {0}",
+    liveUnavailable: "실시간 받아쓰기를 시작할 수 없습니다 (/v1/realtime: {0}). API 키를 확인하세요. 이전 버전 서버에는 실시간 기능이 없습니다.",
     jobNoTranslate: "작업은 받아쓰기만 합니다: 번역하려면 \"작업으로 처리\"를 해제하세요 (10분 이하 파일).",
   },
 };
@@ -534,9 +536,14 @@ async function startRecording() {
   rec = { ws, context, stream, node: null, chunks: [], items: new Map(), open: false };
   ws.onmessage = (m) => { try { onRealtimeEvent(JSON.parse(m.data)); } catch (e) { /* not JSON */ } };
   ws.onclose = (e) => {
-    if (rec && rec.ws === ws && !rec.stopping) { showNotice(t("wsClosed", e.reason || e.code)); stopRecording(); }
+    if (rec && rec.ws === ws && !rec.stopping) {
+      // closed before it opened: no /v1/realtime here (an older server), or the key was refused
+      showNotice(rec.opened ? t("wsClosed", e.reason || e.code) : t("liveUnavailable", e.reason || e.code));
+      stopRecording();
+    }
   };
   ws.onopen = async () => {
+    rec.opened = true;
     const language = $("rec-language").value;
     ws.send(JSON.stringify({ type: "session.update", session: { type: "transcription", audio: { input: {
       format: { type: "audio/pcm", rate: REC_RATE },
