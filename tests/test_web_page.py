@@ -55,6 +55,7 @@ def browser(live_wav: Path) -> Iterator[object]:
 
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=_args([
+            "--host-resolver-rules=MAP stt.test 127.0.0.1",  # a name that is not localhost: not a secure context
             "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={live_wav}", "--autoplay-policy=no-user-gesture-required",
         ]))
@@ -72,7 +73,8 @@ class Visit:
         self.urls: list[str] = []
         self.context = browser.new_context(locale=locale, accept_downloads=True,  # type: ignore[attr-defined]
                                            viewport={"width": 1100, "height": 800})
-        self.context.grant_permissions(["microphone", "clipboard-read", "clipboard-write"], origin=base)
+        if urlsplit(base).hostname == "127.0.0.1":  # a secure context: the only kind that may be granted these
+            self.context.grant_permissions(["microphone", "clipboard-read", "clipboard-write"], origin=base)
         self.page = self.context.new_page()
         self.page.on("request", lambda r: self.urls.append(r.url))
         self.page.on("websocket", lambda ws: self.urls.append(ws.url))
@@ -323,3 +325,29 @@ def test_record_shows_partial_then_final_text(visit: Visit) -> None:
     assert rate <= 0.35, first_pass
     assert page.locator("#rec-audio").get_attribute("src", timeout=1000).startswith("blob:")
     assert any("/v1/realtime" in u for u in visit.urls)
+
+
+def test_over_plain_http_off_localhost_the_page_says_the_microphone_needs_https(browser: object, server: str) -> None:
+    v = Visit(browser, server.replace("127.0.0.1", "stt.test"))
+    try:
+        page = v.page
+        page.click("#tab-record")
+        assert page.locator("#mic-unavailable").is_visible()
+        assert "HTTPS" in page.locator("#mic-unavailable").inner_text()
+        assert page.locator("#rec-start").is_disabled()
+        page.click("#tab-upload")  # the rest of the page works
+        c = clip(KO)
+        _upload(page, c.path, language="ko")
+        assert error_rate(_result_text(page), c) <= BOUND
+    finally:
+        v.close()
+
+
+@pytest.mark.skipif(HAVE_REALTIME, reason="this server has /v1/realtime")
+def test_without_a_live_endpoint_the_record_view_says_so(visit: Visit) -> None:
+    page = visit.page
+    page.click("#tab-record")
+    page.click("#rec-start")
+    page.wait_for_selector("#notice:not([hidden])", timeout=20_000)
+    assert "/v1/realtime" in page.locator("#notice").inner_text()
+    assert page.locator("#rec-start").is_enabled()
