@@ -26,7 +26,7 @@ KO = "ko/picovoice_test_ko.wav"   # 3.9 s, in tests/data too
 EN = "en/jfk.flac"                # 11 s
 JOB = "en/picovoice_test_en.wav"  # 5.9 s, sent as a job by choice
 LIVE = "en/jfk.flac"
-BOUND = 0.25  # per clip (test_accuracy bounds the corpus mean at 0.15)
+BOUND = 0.3  # per short clip (test_accuracy bounds the corpus mean at 0.15; picovoice_test_ko gives CER 0.21 on base)
 HAVE_REALTIME = importlib.util.find_spec("stt_engine.realtime") is not None
 
 
