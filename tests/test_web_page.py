@@ -272,12 +272,17 @@ def test_status_view_shows_the_model_and_device(visit: Visit) -> None:
 
 # --- API keys ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def keyed() -> Iterator[str]:
-    with running_server({"API_KEYS": KEY}) as base:
+def keyed(vllm_standin_server: object) -> Iterator[str]:
+    """A server with API keys, a 1 MB upload limit and an LLM server (the vLLM stand-in, which echoes)."""
+    env = {"API_KEYS": KEY, "MAX_UPLOAD_MB": "1", "VLLM_BASE_URL": vllm_standin_server.base_url}  # type: ignore[attr-defined]
+    with running_server(env) as base:
         yield base
 
 
-def test_with_api_keys_the_page_asks_for_the_key_then_works(browser: object, keyed: str) -> None:
+def test_with_api_keys_the_page_asks_for_the_key_then_works(
+    browser: object, keyed: str, vllm_standin_server: object
+) -> None:
+    vllm_standin_server.reset()  # type: ignore[attr-defined]
     v = Visit(browser, keyed)
     try:
         page = v.page
@@ -292,8 +297,21 @@ def test_with_api_keys_the_page_asks_for_the_key_then_works(browser: object, key
         assert page.evaluate("sessionStorage.getItem('stt-api-key')") == KEY
         _upload(page, c.path, language="ko")
         assert error_rate(_result_text(page), c) <= BOUND
+        # an LLM server is configured: post-processing sits beside the transcript
+        page.wait_for_selector("#pp-actions", state="visible", timeout=10_000)
+        page.click("[data-pp=summarize]")
+        page.wait_for_function("() => /피하면서|옆으로/.test(document.getElementById('pp-out').textContent)",
+                               timeout=30_000)  # the stand-in echoes the transcript
+        assert vllm_standin_server.generation_requests()  # type: ignore[attr-defined]
+        # 413: the server's words, and the page goes on
+        page.click("#tab-upload")
+        _upload(page, SHARED_AUDIO / "en" / "en_longform_librispeech_librivox_concat.wav")  # 2.5 MB > 1 MB
+        page.wait_for_selector("#notice:not([hidden])", timeout=30_000)
+        notice = page.locator("#notice").inner_text()
+        assert "too large" in notice and "1 MB" in notice.replace(".0 MB", " MB"), notice
         page.click("#tab-status")
         page.wait_for_selector("#status-list dd:nth-of-type(2)", timeout=10_000)  # details shown to a key holder
+        assert "reachable" in page.locator("#status-list").inner_text()
     finally:
         v.close()
 
