@@ -238,6 +238,17 @@ def test_a_job_shows_progress_then_the_result_and_lists_it(visit: Visit) -> None
     page.screenshot(path=str(SHOTS / "jobs.png"), full_page=True)
     row.get_by_role("button", name="Open").click()
     assert error_rate(_result_text(page), c) <= BOUND
+    # a long one, cancelled from the Jobs view while it runs
+    page.click("#tab-upload")
+    _upload(page, SHARED_AUDIO / "en" / "en_longform_librispeech_librivox_concat.wav", language="en", job=True)
+    page.wait_for_function("() => /^Job job_/.test(document.getElementById('upload-state').textContent)")
+    page.click("#tab-jobs")
+    running = page.locator("#jobs-body tr", has_text="en_longform").first
+    running.get_by_role("button", name="Cancel").click()
+    page.wait_for_function("() => /cancelled/.test(document.getElementById('notice').textContent)", timeout=30_000)
+    page.click("#jobs-refresh")
+    page.wait_for_function("() => Array.from(document.querySelectorAll('#jobs-body tr')).some(r => "
+                           "/en_longform/.test(r.textContent) && /cancelled/.test(r.textContent))", timeout=10_000)
 
 
 def test_a_non_audio_file_shows_the_servers_message_and_the_page_still_works(
