@@ -120,10 +120,10 @@ def test_cancelling_a_running_job_stops_it(server: Proc) -> None:
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     deadline = time.monotonic() + 30  # its queued chunks are dropped: the scheduler empties
     while time.monotonic() < deadline:
-        if httpx.get(server.base + "/health").json()["queue"]["requests"] == 0:
+        if httpx.get(server.base + "/health", headers=AUTH).json()["queue"]["requests"] == 0:
             break
         time.sleep(0.2)
-    assert httpx.get(server.base + "/health").json()["queue"]["requests"] == 0
+    assert httpx.get(server.base + "/health", headers=AUTH).json()["queue"]["requests"] == 0
     assert httpx.get(f"{server.base}/v1/jobs/{job_id}", headers=AUTH).json()["status"] == "cancelled"
     assert httpx.get(f"{server.base}/v1/jobs/{job_id}/result", headers=AUTH).status_code == 409
     # a finished job is deleted, audio and all

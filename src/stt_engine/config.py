@@ -85,6 +85,15 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     shutdown_grace_s: float = Field(60.0, ge=0)
 
+    # --- realtime sessions (/v1/realtime) -------------------------------------------------------
+    max_realtime_sessions: int = Field(8, ge=0, description="Live sessions open at once; 0 turns /v1/realtime off.")
+    realtime_idle_timeout_s: float = Field(60.0, gt=0, description="Close a session that sent nothing this long.")
+    realtime_max_session_s: float = Field(3600.0, gt=0, description="Longest a session may stay open.")
+    realtime_max_append_bytes: int = Field(1 << 20, ge=1024, description="Most audio bytes in one append.")
+    realtime_partial_interval_ms: float = Field(
+        500.0, ge=100, le=5000, description="How often an open turn is re-decoded for partial text."
+    )
+
     # --- post-processing (vLLM or any OpenAI-compatible server) ---------------------------------
     vllm_base_url: str | None = None
     vllm_api_key: str | None = None

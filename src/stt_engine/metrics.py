@@ -137,6 +137,18 @@ class Metrics:
         self.upload_rejected = Counter(
             f"{PREFIX}_uploads_rejected", "Uploads refused before transcription, by reason.", ["reason"], registry=r
         )
+        # live sessions (/v1/realtime)
+        self.realtime_sessions = Gauge(f"{PREFIX}_realtime_sessions_open", "Realtime sessions open now.", registry=r)
+        self.realtime_partial_latency = Histogram(
+            f"{PREFIX}_realtime_partial_latency_seconds",
+            "From taking a snapshot of an open turn to sending the partial text decoded from it.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.realtime_final_latency = Histogram(
+            f"{PREFIX}_realtime_final_latency_seconds",
+            "From the end of a turn (VAD stop or commit) to its completed transcript being sent.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
         if get_scheduler is not None:
             r.register(_SchedulerCollector(get_scheduler))
 

@@ -22,6 +22,7 @@ from stt_engine.api.errors import install_error_handlers
 from stt_engine.api.jobs_routes import router as jobs_router
 from stt_engine.api.postprocess_routes import router as postprocess_router
 from stt_engine.api.middleware import BodyGuardMiddleware, RequestContextMiddleware
+from stt_engine.api.realtime_routes import router as realtime_router
 from stt_engine.api.routes import router
 from stt_engine.api.security import install_security
 from stt_engine.api.web import install_web
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None, *, model: ResolvedModel | None 
     install_docs(app, settings)
     install_web(app)
     app.include_router(jobs_router)
+    app.include_router(realtime_router)
     return app
 
 

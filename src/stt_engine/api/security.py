@@ -25,6 +25,17 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
 
 
+def api_key_matches(token: str | None, keys: Iterable[str]) -> bool:
+    """Whether `token` is one of `keys`, compared in constant time (for routes the HTTP middleware doesn't see,
+    such as WebSockets)."""
+    presented = _digest(token or "")
+    ok = False
+    for key in keys:
+        if key:
+            ok |= hmac.compare_digest(presented, _digest(key))
+    return ok and bool(token)
+
+
 class ApiKeyMiddleware:
     """401 in the route's error shape unless `Authorization: Bearer <key>` names one of `API_KEYS`.
 

@@ -173,7 +173,7 @@ class Scheduler:
         streaming responses), and `first_text_early` cuts a short first section so the first of them come soon;
         `exclusive` keeps the request out of other requests' batches and `timed=False` spares it the request timeout
         (the warm-up, which must finish however short the timeout is set); `bounded=False` leaves it out of the
-        queue's bounds (jobs, which their own queue bounds).
+        queue's bounds (jobs, which the job store bounds).
         """
         if bounded:
             self.admit(audio.duration)
