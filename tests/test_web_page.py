@@ -328,8 +328,7 @@ def test_with_api_keys_the_page_asks_for_the_key_then_works(
 
 
 # --- live ----------------------------------------------------------------------------------------------------
-@pytest.mark.skipif(not HAVE_REALTIME, reason="/v1/realtime is not on this branch: it comes with branch `realtime`, "
-                    "which did not merge cleanly into this one; the test runs once both are in main")
+@pytest.mark.skipif(not HAVE_REALTIME, reason="this server has no /v1/realtime")
 def test_record_shows_partial_then_final_text(visit: Visit) -> None:
     """The fake microphone plays the JFK clip (then 3 s of silence, looped): grey partial text appears while a
     turn is open, black finals per turn, and the finals up to the clip's last words read as the clip."""
@@ -372,11 +371,28 @@ def test_over_plain_http_off_localhost_the_page_says_the_microphone_needs_https(
         v.close()
 
 
-@pytest.mark.skipif(HAVE_REALTIME, reason="this server has /v1/realtime")
-def test_without_a_live_endpoint_the_record_view_says_so(visit: Visit) -> None:
-    page = visit.page
-    page.click("#tab-record")
-    page.click("#rec-start")
-    page.wait_for_selector("#notice:not([hidden])", timeout=20_000)
-    assert "/v1/realtime" in page.locator("#notice").inner_text()
-    assert page.locator("#rec-start").is_enabled()
+@pytest.mark.skipif(not HAVE_REALTIME, reason="this server has no /v1/realtime")
+def test_live_with_api_keys_sends_the_key_as_a_subprotocol(browser: object, keyed: str) -> None:
+    """A wrong key: the live session cannot start and the page says so; the right key: it opens and listens."""
+    v = Visit(browser, keyed)
+    try:
+        page = v.page
+        page.fill("#api-key", "sk-wrong-key")
+        page.click("#key-save")
+        page.click("#tab-record")
+        page.click("#rec-start")
+        page.wait_for_function("() => /realtime/.test(document.getElementById('notice').textContent)",
+                               timeout=20_000)
+        assert page.locator("#rec-start").is_enabled()
+        page.fill("#api-key", KEY)
+        page.click("#key-save")
+        page.wait_for_selector("#notice", state="hidden", timeout=10_000)
+        page.click("#rec-start")
+        page.wait_for_function("() => !document.getElementById('rec-stop').disabled", timeout=20_000)
+        page.wait_for_timeout(1500)  # some audio, so there is a recording to keep
+        assert page.locator("#notice").is_hidden()
+        page.click("#rec-stop")
+        page.wait_for_selector("#rec-after:not([hidden])", timeout=30_000)
+        assert page.locator("#notice").is_hidden()
+    finally:
+        v.close()
