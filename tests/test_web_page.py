@@ -285,7 +285,8 @@ def test_status_view_shows_the_model_and_device(visit: Visit) -> None:
 @pytest.fixture(scope="module")
 def keyed(vllm_standin_server: object) -> Iterator[str]:
     """A server with API keys, a 1 MB upload limit and an LLM server (the vLLM stand-in, which echoes)."""
-    env = {"API_KEYS": KEY, "MAX_UPLOAD_MB": "1", "VLLM_BASE_URL": vllm_standin_server.base_url}  # type: ignore[attr-defined]
+    llm_url = vllm_standin_server.base_url  # type: ignore[attr-defined]
+    env = {"API_KEYS": KEY, "MAX_UPLOAD_MB": "1", "VLLM_BASE_URL": llm_url}
     with running_server(env) as base:
         yield base
 
