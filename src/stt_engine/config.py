@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     server_max_connections: int = Field(
         1000, ge=1, description="Open connections plus requests in progress; past it new requests get 503."
     )
+    server_ssl_certfile: Path | None = Field(
+        None, description="TLS certificate (PEM): serve HTTPS, which browsers need before the page may use the mic."
+    )
+    server_ssl_keyfile: Path | None = Field(None, description="The certificate's private key (PEM).")
 
     # --- admission control ----------------------------------------------------------------------
     max_queued_requests: int = Field(64, ge=1)
@@ -129,7 +133,8 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "whisper_model", "whisper_default_language", "vllm_base_url", "vllm_model", "jobs_url", mode="before"
+        "whisper_model", "whisper_default_language", "vllm_base_url", "vllm_model", "jobs_url",
+        "server_ssl_certfile", "server_ssl_keyfile", mode="before"
     )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:

@@ -25,6 +25,7 @@ from stt_engine.api.middleware import BodyGuardMiddleware, RequestContextMiddlew
 from stt_engine.api.realtime_routes import router as realtime_router
 from stt_engine.api.routes import router
 from stt_engine.api.security import install_security
+from stt_engine.api.web import install_web
 from stt_engine.audio import SAMPLE_RATE, DecodedAudio
 from stt_engine.config import Settings, get_settings
 from stt_engine.engine import Engine
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None, *, model: ResolvedModel | None 
     app.include_router(router)
     app.include_router(postprocess_router)
     install_docs(app, settings)
+    install_web(app)
     app.include_router(jobs_router)
     app.include_router(realtime_router)
     return app

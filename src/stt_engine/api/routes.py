@@ -12,6 +12,7 @@ from stt_engine.api.errors import quote
 from stt_engine.api.schemas import TEXT_RESPONSES, TranscribeResponse, TranscriptionJson, TranscriptionVerbose
 from stt_engine.api.security import is_authenticated
 from stt_engine.api.transcription import stream_upload, transcribe_upload
+from stt_engine.api.web import web_page
 from stt_engine.engine import Transcript
 from stt_engine.errors import InvalidRequest, NotReady, STTError
 from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render
@@ -294,5 +295,10 @@ async def openai_model(request: Request, model_id: str) -> JSONResponse:
 
 
 @router.get("/", include_in_schema=False)
-async def root() -> JSONResponse:
-    return JSONResponse({"service": "stt-engine", "docs": "/docs", "health": "/health", "time": time.time()})
+async def root(request: Request) -> Response:
+    """The web page for a browser (it asks for text/html); the service's signpost JSON for everything else."""
+    if "text/html" in request.headers.get("accept", ""):
+        return web_page()
+    return JSONResponse({
+        "service": "stt-engine", "page": "/", "docs": "/docs", "health": "/health", "time": time.time(),
+    })

@@ -40,8 +40,8 @@ class ApiKeyMiddleware:
     """401 in the route's error shape unless `Authorization: Bearer <key>` names one of `API_KEYS`.
 
     Paths in `AUTH_OPEN_PATHS` (health, metrics) stay open for probes and scrapers, and the API's own pages
-    (`/`, `/docs` and its assets, `/openapi.json`) stay open so a browser can load them and then enter a key with
-    Swagger's Authorize button; they hold nothing a key protects. A request that does present a valid key is
+    (`/` and its files under `/web/`, `/docs` and its assets, `/openapi.json`) stay open so a browser can load
+    them and then enter a key (the page's key field, Swagger's Authorize button); they hold nothing a key protects. A request that does present a valid key is
     marked (`scope["state"]["authenticated"]`), so open routes such as `/health` can show more to it.
     Every configured key is compared, in constant time, whatever the outcome; keys and headers are never logged.
     """
@@ -101,7 +101,7 @@ class ApiKeyMiddleware:
 
 # The API's own pages: a browser must load them before it can be given a key.
 PUBLIC_PATHS = ("/", "/docs", "/docs/oauth2-redirect", "/openapi.json")
-PUBLIC_PREFIXES = ("/docs/static/",)
+PUBLIC_PREFIXES = ("/docs/static/", "/web/")
 
 
 def is_authenticated(scope_state: object, settings: Settings) -> bool:

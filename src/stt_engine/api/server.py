@@ -88,12 +88,17 @@ def guarded_protocol(header_timeout_s: float) -> type[HeaderTimeoutH11Protocol]:
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """The connection bounds passed to `uvicorn.run` / `uvicorn.Config`."""
-    return {
+    """The connection bounds (and TLS files, when set) passed to `uvicorn.run` / `uvicorn.Config`."""
+    options: dict[str, Any] = {
         "http": guarded_protocol(settings.server_header_timeout_s),
         "timeout_keep_alive": settings.server_keepalive_s,
         "limit_concurrency": settings.server_max_connections,
     }
+    if settings.server_ssl_certfile is not None:
+        options["ssl_certfile"] = str(settings.server_ssl_certfile)
+        if settings.server_ssl_keyfile is not None:
+            options["ssl_keyfile"] = str(settings.server_ssl_keyfile)
+    return options
 
 
 def raise_open_file_limit(connections: int) -> None:
