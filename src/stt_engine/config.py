@@ -112,6 +112,14 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(10, ge=1, le=10)
     webhook_timeout_s: float = Field(10.0, gt=0)
 
+    # --- transcript text: invented phrases ------------------------------------------------------
+    hallucination_filter: bool = Field(
+        True, description="Drop known invented phrases (per language) whose evidence is weak; collapse loops."
+    )
+    hallucination_phrases_file: Path | None = Field(
+        None, description="Extra phrases, one a line (optionally `ko<TAB>phrase`; `re:` for a regex)."
+    )
+
     @field_validator("api_keys", "auth_open_paths", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

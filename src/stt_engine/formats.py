@@ -71,6 +71,9 @@ def to_verbose_json(transcript: Transcript, include_words: bool) -> dict[str, An
             for s in transcript.segments
         ],
     }
+    dropped = getattr(transcript, "dropped_segments", None)
+    if dropped is not None:  # a processed transcript: what the invented-phrase filter removed, never silently
+        body["dropped_segments"] = [d.as_dict() for d in dropped]
     if include_words:
         body["words"] = [
             {"word": w.word.strip(), "start": float(w.start), "end": float(w.end), "probability": float(w.probability)}

@@ -32,6 +32,7 @@ from stt_engine.engine import Transcript, segment_separator
 from stt_engine.errors import InvalidRequest, NotReady, Overloaded, PayloadTooLarge, STTError
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler import Scheduler
+from stt_engine.textproc import TextOptions, finish_transcript
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ async def transcribe_upload(
     *,
     postprocess: str | None = None,
     postprocess_prompt: str | None = None,
+    text: TextOptions | None = None,
 ) -> TranscriptionResult:
     """The whole path of one request's audio. Raises `STTError`s that the app renders in the route's shape."""
     if postprocess:
@@ -191,7 +193,7 @@ async def transcribe_upload(
             await work
         log.info("client disconnected; its transcription was dropped")
         raise STTError("Client disconnected.", status=499, code="client_closed_request")
-    transcript = work.result()
+    transcript = _processed(request, work.result(), text)
     del work
     if long_audio:
         await run_in_threadpool(audio_mod.release_memory)  # its samples are free now: hand them back to the OS
@@ -199,6 +201,12 @@ async def transcribe_upload(
     if postprocess:
         result.postprocess = await _postprocess(request, transcript, postprocess, postprocess_prompt)
     return result
+
+
+def _processed(request: Request, transcript: Transcript, text: TextOptions | None) -> Transcript:
+    """The scheduler's transcript after the text processing the request and settings ask for."""
+    state = request.app.state
+    return finish_transcript(transcript, state.settings, text, getattr(state, "metrics", None))
 
 
 def _finished(request: Request, transcript: Transcript, started: float) -> float:
@@ -212,7 +220,12 @@ def _finished(request: Request, transcript: Transcript, started: float) -> float
 
 
 async def stream_upload(
-    request: Request, upload: UploadFile | None, options: TranscribeOptions, *, final: Callable[[Transcript], dict]
+    request: Request,
+    upload: UploadFile | None,
+    options: TranscribeOptions,
+    *,
+    final: Callable[[Transcript], dict],
+    text: TextOptions | None = None,
 ) -> StreamingResponse:
     """`stream=true`: Server-Sent Events in OpenAI's shape. A `transcript.text.delta` for each run of segments as
     it becomes final (a request's sections are decoded in order, so the first arrive early), then
@@ -250,7 +263,7 @@ async def stream_upload(
                 sent += delta
                 if delta:
                     yield _sse({"type": "transcript.text.delta", "delta": delta})
-            transcript = work.result()
+            transcript = _processed(request, work.result(), text)
             _finished(request, transcript, started)
             yield _sse({"type": "transcript.text.done", "text": transcript.text, **final(transcript)})
         except STTError as exc:

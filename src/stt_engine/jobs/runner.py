@@ -24,6 +24,7 @@ from stt_engine.jobs.models import Job, JobStatus, transcript_to_dict
 from stt_engine.jobs.store import JobStore, JobsUnavailable
 from stt_engine.jobs.webhooks import WebhookSender
 from stt_engine.scheduler import Priority, Scheduler
+from stt_engine.textproc import finish_transcript
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class JobExecutor:
         self.requeue_hook = requeue
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.stopping = False
+        self.metrics: Any | None = None  # the server's Metrics, when it has them (dropped segments are counted)
 
     async def _scheduler(self) -> Scheduler:
         while (scheduler := self.get_scheduler()) is None:  # the model is still loading
@@ -105,6 +107,7 @@ class JobExecutor:
         if transcript is None:
             log.info("job %s cancelled while running", job.id)
             return
+        transcript = finish_transcript(transcript, self.settings, metrics=self.metrics)
         result = transcript_to_dict(transcript)
         # the transcript is stored before post-processing, so that a failing LLM can never cost it
         if not await self._retrying(
