@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,9 +97,15 @@ def test_filter_off_changes_nothing() -> None:
 
 
 # --- the real model on real audio ---------------------------------------------------------------------------
+_SPOKEN = "우리 고향에서는 화창한 날 잠깐 내리다 그치는 비를 여우비라고 했어요"
+_EXTRA = Path(__file__).resolve().parent.parent / "logs" / "tests" / "hallucination_extra.txt"
+
+
 @pytest.fixture(scope="module")
 def novad_server() -> Iterator[str]:
-    with running_server({"WHISPER_VAD_FILTER": "false"}) as base:
+    _EXTRA.parent.mkdir(parents=True, exist_ok=True)
+    _EXTRA.write_text(f"ko\t{_SPOKEN}\n", encoding="utf-8")
+    with running_server({"WHISPER_VAD_FILTER": "false", "HALLUCINATION_PHRASES_FILE": str(_EXTRA)}) as base:
         yield base
 
 
@@ -108,42 +113,45 @@ def _ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-loglevel", "error", "-y", *args], check=True)
 
 
-def test_hold_music_phrase_dropped_and_listed(novad_server: str, tmp_path: Path) -> None:
-    """Hold music, then the caller; VAD off: Whisper writes "수고하셨습니다" over the music."""
+def test_music_after_speech_phrase_dropped_and_listed(novad_server: str, tmp_path: Path) -> None:
+    """A Korean clip, a pause, then music; VAD off: Whisper writes "수고하셨습니다" and loops ("이 노래는" x4)
+    over the music. Over music the decoder falls back to sampling, so what it invents varies between runs."""
     speech = clip("ko/ett_pma00031.wav")
     music = SHARED_AUDIO / "none" / "music_brahms_hungarian_dance_5.wav"
     if not music.exists():
         pytest.skip(f"missing clip {music}")
-    call = tmp_path / "hold_then_caller.wav"
-    _ffmpeg("-i", str(music), "-i", str(speech.path), "-filter_complex",
-            "[0:a]aresample=16000,aformat=channel_layouts=mono,apad=pad_dur=12[a];"
+    call = tmp_path / "caller_then_music.wav"
+    _ffmpeg("-i", str(speech.path), "-i", str(music), "-filter_complex",
+            "[0:a]aresample=16000,aformat=channel_layouts=mono,apad=pad_dur=24[a];"
             "[1:a]aresample=16000,aformat=channel_layouts=mono[b];[a][b]concat=n=2:v=0:a=1", "-ar", "16000", str(call))
     response = post_audio(novad_server, "/v1/audio/transcriptions", call, language="ko", response_format="verbose_json")
     assert response.status_code == 200, response.text
     body = response.json()
     dropped = body["dropped_segments"]
-    assert any("수고하셨습니다" in d["text"] for d in dropped), body  # it was in the raw transcript
-    assert "수고하셨습니다" not in body["text"]
-    assert all(d["reasons"] for d in dropped)
-    assert error_rate(body["segments"][-1]["text"], speech) < 0.3  # the caller's words are kept
+    raw = [(round(x["start"], 1), round(x["end"], 1), x["avg_logprob"], x["no_speech_prob"], x["text"])
+           for x in body["segments"]]
+    phrases = load_phrases("ko")
+    # what was invented over the music is listed: a stock phrase or a loop (which one varies between runs)
+    assert dropped, raw
+    assert all(phrases.matches(d["text"]) or "repetition" in d["reasons"] for d in dropped), dropped
+    assert all(len(d["reasons"]) >= (2 if "repetition" in d["reasons"] else 1) for d in dropped)
+    for d in dropped:
+        assert all(s["id"] != d["id"] for s in body["segments"])
+    assert "수고하셨습니다" not in body["text"] and "시청" not in body["text"]
+    assert error_rate(body["segments"][0]["text"], speech) < 0.3  # the caller's words are kept
     metrics = httpx.get(novad_server + "/metrics").text
     assert 'stt_hallucinated_segments_dropped_total{language="ko"}' in metrics
 
 
-def test_clear_thanks_is_kept(novad_server: str, tmp_path: Path) -> None:
-    """Clear speech ending in "감사합니다" (espeak-ng's Korean voice after a real Korean clip) keeps it."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
-    speech = clip("ko/ett_pfd00004.wav")
-    thanks = tmp_path / "thanks.wav"
-    subprocess.run(["espeak-ng", "-v", "ko", "-s", "140", "-w", str(thanks), "네, 감사합니다."], check=True)
-    call = tmp_path / "speech_thanks.wav"
-    _ffmpeg("-i", str(speech.path), "-i", str(thanks), "-filter_complex",
-            "[0:a]aresample=16000,aformat=channel_layouts=mono[a];"
-            "[1:a]aresample=16000,aformat=channel_layouts=mono,apad=pad_dur=1[b];[a][b]concat=n=2:v=0:a=1",
-            "-ar", "16000", str(call))
-    response = post_audio(novad_server, "/v1/audio/transcriptions", call, language="ko", response_format="verbose_json")
+def test_clear_speech_of_a_listed_phrase_is_kept(novad_server: str) -> None:
+    """The server's extra list names this clip's sentence; said clearly, it is kept (and nothing is dropped).
+
+    (espeak-ng's Korean "감사합니다" is not clear speech to Whisper: avg_logprob -0.93, no_speech_prob 0.32; at the
+    end of a file the filter drops it, so a real recorded clip is the test here.)"""
+    speech = clip("ko/ett_pma00031.wav")
+    response = post_audio(novad_server, "/v1/audio/transcriptions", speech.path, language="ko",
+                          response_format="verbose_json")
     assert response.status_code == 200, response.text
     body = response.json()
-    assert "감사합니다" in body["text"].replace(" ", ""), body
-    assert body["dropped_segments"] == []
+    assert load_phrases("ko", str(_EXTRA)).matches(body["text"]), body["text"]
+    assert body["dropped_segments"] == [] and error_rate(body["text"], speech) < 0.1

@@ -159,6 +159,20 @@ def _collapsed(segment: Segment) -> Segment:
     return dataclasses.replace(segment, text=text, words=words)
 
 
+def _loop_runs(segments: list[Segment], min_run: int = 3) -> set[int]:
+    """Indexes of segments in runs of `min_run` or more consecutive segments with the same text: the decoder
+    looping over music or noise (each is still dropped only on weak evidence)."""
+    found: set[int] = set()
+    start = 0
+    keys = [compact(s.text) for s in segments]
+    for i in range(1, len(segments) + 1):
+        if i == len(segments) or keys[i] != keys[start]:
+            if keys[start] and i - start >= min_run:
+                found.update(range(start, i))
+            start = i
+    return found
+
+
 def filter_transcript(
     transcript: Transcript, *, extra_file: str | None = None, enabled: bool = True
 ) -> tuple[Transcript, list[DroppedSegment]]:
@@ -173,10 +187,13 @@ def filter_transcript(
     segments = [_collapsed(s) for s in transcript.segments]
     kept: list[Segment] = []
     dropped: list[DroppedSegment] = []
+    looping = _loop_runs(segments)
     for i, s in enumerate(segments):
-        if phrases.matches(s.text):
+        if phrases.matches(s.text) or i in looping:
             reasons = _weak_evidence(segments, i, transcript.duration)
             if reasons:
+                if i in looping:
+                    reasons.insert(0, "repetition")
                 dropped.append(DroppedSegment(s.id, s.start, s.end, s.text.strip(), tuple(reasons)))
                 continue
         kept.append(s)
