@@ -68,3 +68,97 @@ def test_words_follow_the_text() -> None:
     words = [" 연락처는", " 010", "-1234", "-5678", " 입니다"]
     assert redact_words(words) == [" 연락처는", " [PHONE]", "", "", " 입니다"]
     assert redact_words([" 안녕하세요"]) == [" 안녕하세요"]
+
+
+# --- the route: every format, the log and the LLM's input are masked (real model, real llama.cpp) -------------
+PHONE_DIGITS = "01012345678"
+
+
+class _RecordingProxy:
+    """Forwards every request to the llama.cpp server and keeps the bodies it received."""
+
+    def __init__(self, target: str) -> None:
+        import http.server
+        import threading
+
+        import httpx
+
+        received = self.received = []  # type: list[str]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                received.append(body.decode("utf-8", "replace"))
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "authorization")}
+                reply = httpx.request(self.command, target + self.path, content=body, headers=headers, timeout=120)
+                self.send_response(reply.status_code)
+                self.send_header("Content-Type", reply.headers.get("content-type", "application/json"))
+                self.send_header("Content-Length", str(len(reply.content)))
+                self.end_headers()
+                self.wfile.write(reply.content)
+
+            do_GET = do_POST = _forward
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_route_masks_every_format_the_log_and_the_llm_input(tmp_path) -> None:
+    import shutil
+    import subprocess
+
+    import httpx
+
+    from tests.llm_fixtures import start_llama_server
+    from tests.support import post_audio, running_server
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    audio = tmp_path / "phone.wav"
+    subprocess.run(["espeak-ng", "-v", "en", "-s", "140", "-w", str(audio),
+                    "My phone number is 0 1 0, 1 2 3 4, 5 6 7 8."], check=True)
+    with start_llama_server() as llama:
+        proxy = _RecordingProxy(llama.base_url)
+        try:
+            env = {"VLLM_BASE_URL": proxy.url + "/v1", "VLLM_MAX_TOKENS": "16", "LOG_TRANSCRIPTS": "true",
+                   "REDACT_KEEP_ORIGINAL": "true"}
+            with running_server(env) as base:
+                route = "/v1/audio/transcriptions"
+                plain = post_audio(base, route, audio, language="en", response_format="json").json()
+                assert PHONE_DIGITS in plain["text"].replace("-", "").replace(" ", ""), plain  # said, and heard
+                assert "redactions" not in plain
+                bodies = {}
+                for fmt in ("json", "verbose_json", "text", "srt", "vtt"):
+                    r = post_audio(base, route, audio, language="en", response_format=fmt, redact="pii",
+                                   **({"timestamp_granularities[]": "word"} if fmt == "verbose_json" else {}))
+                    assert r.status_code == 200, r.text
+                    bodies[fmt] = r.text
+                    assert "[PHONE]" in r.text and "5678" not in r.text.split("original_text")[0], (fmt, r.text)
+                    if fmt in ("text", "srt", "vtt"):
+                        assert r.headers["x-redactions"].startswith("RRN=0,PHONE=1"), r.headers
+                verbose = httpx.Response(200, content=bodies["verbose_json"]).json()
+                assert verbose["redactions"]["PHONE"] == 1
+                assert "5678" in verbose["original_text"]  # REDACT_KEEP_ORIGINAL: the unmasked text, apart
+                assert any(w["word"] == "[PHONE]" for w in verbose["words"]), verbose["words"]
+                assert all("5678" not in s["text"] for s in verbose["segments"])
+                original = post_audio(base, "/transcribe", audio, language="en", redact="pii",
+                                      postprocess="correct").json()
+                assert "[PHONE]" in original["text"] and original["redactions"]["PHONE"] == 1
+                assert original["postprocess"]["error"] is None, original["postprocess"]
+                log_text = base.log_path.read_text(encoding="utf-8")
+            sent = [b for b in proxy.received if "messages" in b or "prompt" in b]
+            assert sent and all("5678" not in b for b in sent) and any("[PHONE]" in b for b in sent), sent
+            transcript_lines = [line for line in log_text.splitlines() if "transcript:" in line]
+            assert transcript_lines and any("[PHONE]" in line for line in transcript_lines)
+            # only the unmasked request (no redact) may log the digits
+            assert sum("5678" in line for line in transcript_lines) == 1, transcript_lines
+        finally:
+            proxy.close()

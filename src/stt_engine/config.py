@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     hallucination_phrases_file: Path | None = Field(
         None, description="Extra phrases, one a line (optionally `ko<TAB>phrase`; `re:` for a regex)."
     )
+    redact_default: Literal["none", "pii"] = Field(
+        "none", description="pii = mask personal data in every transcript unless a request says redact=none."
+    )
+    redact_keep_original: bool = Field(
+        False, description="With masking, also return the unmasked text as original_text (JSON formats)."
+    )
 
     @field_validator("api_keys", "auth_open_paths", "cors_origins", mode="before")
     @classmethod

@@ -83,12 +83,24 @@ def to_verbose_json(transcript: Transcript, include_words: bool) -> dict[str, An
     return body
 
 
+def text_report(transcript: Transcript) -> dict[str, Any]:
+    """What text processing reports in a JSON body: mask counts, and the unmasked text where it is allowed."""
+    body: dict[str, Any] = {}
+    redactions = getattr(transcript, "redactions", None)
+    if redactions is not None:
+        body["redactions"] = redactions
+        original = getattr(transcript, "original_text", None)
+        if original is not None:
+            body["original_text"] = original
+    return body
+
+
 def render(transcript: Transcript, fmt: ResponseFormat, include_words: bool = False) -> str | dict[str, Any]:
     """The response body: a dict for the JSON formats, a string for the others."""
     if fmt is ResponseFormat.json:
-        return {"text": transcript.text}
+        return {"text": transcript.text, **text_report(transcript)}
     if fmt is ResponseFormat.verbose_json:
-        return to_verbose_json(transcript, include_words)
+        return {**to_verbose_json(transcript, include_words), **text_report(transcript)}
     if fmt is ResponseFormat.srt:
         return to_srt(transcript)
     if fmt is ResponseFormat.vtt:

@@ -14,9 +14,10 @@ from stt_engine.api.security import is_authenticated
 from stt_engine.api.transcription import stream_upload, transcribe_upload
 from stt_engine.engine import Transcript
 from stt_engine.errors import InvalidRequest, NotReady, STTError
-from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render
+from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render, text_report
 from stt_engine.options import build_options
 from stt_engine.metrics import CONTENT_TYPE
+from stt_engine.textproc import text_options
 
 router = APIRouter()
 
@@ -24,6 +25,10 @@ FileField = Annotated[UploadFile | None, File(description="Audio or video file (
 # Bounds on short form fields: a longer value is refused by validation, whose message never echoes it back.
 _LANGUAGE_MAX = 35  # the longest BCP-47 tag anyone sends (zh-Hant-TW, ...)
 _TASK_MAX = 40
+RedactField = Annotated[
+    str | None, Form(max_length=10, description="pii: mask personal data ([RRN] [PHONE] [CARD] [ACCOUNT] [EMAIL]); "
+                     "none; default REDACT_DEFAULT")
+]
 LanguageField = Annotated[
     str | None, Form(max_length=_LANGUAGE_MAX, description="ISO-639-1 code, e.g. ko; detected when absent")
 ]
@@ -122,17 +127,21 @@ async def transcribe(
     ] = None,
     postprocess_prompt: Annotated[str | None, Form(description="Instruction for postprocess=custom")] = None,
     stream: Annotated[bool, Form(description="Server-Sent Events: text deltas as segments become final")] = False,
+    redact: RedactField = None,
 ) -> Response:
     settings = request.app.state.settings
     options = build_options(
         settings, model_languages(request), language=language, task=task, prompt=prompt, hotwords=hotwords,
         word_timestamps=word_timestamps,
     )
+    text = text_options(settings, redact=redact)
     if stream:
         _no_postprocess_when_streaming(postprocess)
-        return await stream_upload(request, file, options, final=lambda t: {"success": True, **_original_body(t)})
+        return await stream_upload(
+            request, file, options, final=lambda t: {"success": True, **_original_body(t)}, text=text
+        )
     result = await transcribe_upload(
-        request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt
+        request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt, text=text
     )
     body: dict[str, Any] = {"success": True, **_original_body(result.transcript)}
     body["processing_time"] = round(result.processing_seconds, 3)
@@ -154,6 +163,7 @@ def _original_body(t: Transcript) -> dict[str, Any]:
                if s.words else {})
             for s in t.segments
         ],
+        **text_report(t),
     }
 
 
@@ -189,6 +199,7 @@ async def _openai_audio(
     postprocess: str | None,
     postprocess_prompt: str | None,
     stream: bool = False,
+    redact: str | None = None,
 ) -> Response:
     fmt = parse_format(response_format)
     granularities = [g for item in (granularities or []) for g in item.split(",") if g.strip()]
@@ -203,11 +214,12 @@ async def _openai_audio(
         request.app.state.settings, model_languages(request), language=language, task=task, prompt=prompt,
         temperature=temperature, word_timestamps=words, hotwords=hotwords,
     )
+    text = text_options(request.app.state.settings, redact=redact)
     if stream:
         _no_postprocess_when_streaming(postprocess)
-        return await stream_upload(request, file, options, final=lambda t: {})
+        return await stream_upload(request, file, options, final=lambda t: text_report(t), text=text)
     result = await transcribe_upload(
-        request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt
+        request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt, text=text
     )
     body = render(result.transcript, fmt, include_words=words)
     if isinstance(body, dict):
@@ -216,7 +228,11 @@ async def _openai_audio(
         if result.postprocess is not None:
             body["postprocess"] = result.postprocess
         return JSONResponse(body)
-    return PlainTextResponse(body, media_type=MEDIA_TYPES[fmt])
+    headers = {}
+    redactions = text_report(result.transcript).get("redactions")
+    if redactions is not None:  # the text formats carry the mask counts in a header
+        headers["X-Redactions"] = ",".join(f"{k}={v}" for k, v in redactions.items())
+    return PlainTextResponse(body, media_type=MEDIA_TYPES[fmt], headers=headers)
 
 
 _FORMAT_HELP = "json | text | srt | verbose_json | vtt"
@@ -242,10 +258,11 @@ async def openai_transcriptions(
     postprocess: Annotated[str | None, Form(max_length=_TASK_MAX)] = None,
     postprocess_prompt: Annotated[str | None, Form()] = None,
     stream: Annotated[bool, Form(description="Server-Sent Events in OpenAI's shape, for any model")] = False,
+    redact: RedactField = None,
 ) -> Response:
     return await _openai_audio(
         request, "transcribe", file, language, prompt, response_format, temperature, timestamp_granularities,
-        hotwords, postprocess, postprocess_prompt, stream,
+        hotwords, postprocess, postprocess_prompt, stream, redact,
     )
 
 
@@ -260,9 +277,11 @@ async def openai_translations(
     prompt: Annotated[str | None, Form()] = None,
     response_format: Annotated[str | None, Form(description=_FORMAT_HELP)] = None,
     temperature: Annotated[float | None, Form()] = None,
+    redact: RedactField = None,
 ) -> Response:
     return await _openai_audio(
-        request, "translate", file, None, prompt, response_format, temperature, None, None, None, None
+        request, "translate", file, None, prompt, response_format, temperature, None, None, None, None,
+        redact=redact,
     )
 
 

@@ -32,7 +32,7 @@ from stt_engine.engine import Transcript, segment_separator
 from stt_engine.errors import InvalidRequest, NotReady, Overloaded, PayloadTooLarge, STTError
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler import Scheduler
-from stt_engine.textproc import TextOptions, finish_transcript
+from stt_engine.textproc import TextOptions, finish_transcript, pii
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +261,8 @@ async def stream_upload(
                 segments, language = getter.result()
                 delta = _delta(sent, segments, language)
                 sent += delta
+                if text is not None and text.redact:  # nothing unmasked leaves the server, not even early
+                    delta = pii.redact(delta)[0]
                 if delta:
                     yield _sse({"type": "transcript.text.delta", "delta": delta})
             transcript = _processed(request, work.result(), text)
