@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     hallucination_phrases_file: Path | None = Field(
         None, description="Extra phrases, one a line (optionally `ko<TAB>phrase`; `re:` for a regex)."
     )
+    vocabulary_file: Path | None = Field(
+        None, description="Team terms, one a line (`term | misspelling | ...`): hotwords, correction, LLM correct."
+    )
     redact_default: Literal["none", "pii"] = Field(
         "none", description="pii = mask personal data in every transcript unless a request says redact=none."
     )

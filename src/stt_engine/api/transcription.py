@@ -33,6 +33,7 @@ from stt_engine.errors import InvalidRequest, NotReady, Overloaded, PayloadTooLa
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler import Scheduler
 from stt_engine.textproc import TextOptions, finish_transcript, pii
+from stt_engine.textproc.vocabulary import load_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +295,9 @@ def _sse(event: dict[str, Any]) -> str:
 
 async def _postprocess(request: Request, transcript: Transcript, task: str, prompt: str | None) -> dict[str, Any]:
     """The LLM's result for `task`; a disabled post-processor answers with its own `llm_not_configured` error."""
+    vocabulary = load_vocabulary(request.app.state.settings.vocabulary_file)
+    if task == "correct" and vocabulary.terms:  # the team's spelling of its names and terms
+        prompt = vocabulary.glossary() + (f"\n{prompt}" if prompt and prompt.strip() else "")
     result: dict[str, Any] = await request.app.state.postprocessor.run(
         transcript.text, task, prompt, transcript.language
     )

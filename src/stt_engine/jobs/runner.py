@@ -25,6 +25,7 @@ from stt_engine.jobs.store import JobStore, JobsUnavailable
 from stt_engine.jobs.webhooks import WebhookSender
 from stt_engine.scheduler import Priority, Scheduler
 from stt_engine.textproc import finish_transcript
+from stt_engine.textproc.vocabulary import load_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,12 @@ class JobExecutor:
         if job.postprocess:
             postprocessor = self.get_postprocessor()
             try:
+                prompt = job.postprocess_prompt
+                vocabulary = load_vocabulary(self.settings.vocabulary_file)
+                if job.postprocess == "correct" and vocabulary.terms:
+                    prompt = vocabulary.glossary() + (f"\n{prompt}" if prompt and prompt.strip() else "")
                 postprocess_result = await postprocessor.run(
-                    transcript.text, job.postprocess, job.postprocess_prompt, transcript.language
+                    transcript.text, job.postprocess, prompt, transcript.language
                 )
             except Exception as exc:
                 postprocess_result = {"task": job.postprocess, "text": None,

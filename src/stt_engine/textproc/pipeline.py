@@ -16,6 +16,7 @@ from stt_engine.engine import Transcript
 from stt_engine.errors import InvalidRequest, quote
 from stt_engine.textproc import pii
 from stt_engine.textproc.hallucination import DroppedSegment, filter_transcript
+from stt_engine.textproc.vocabulary import correct_transcript, load_vocabulary
 
 
 @dataclass
@@ -63,12 +64,14 @@ def _masked(transcript: Transcript) -> tuple[Transcript, Counter[str]]:
 def finish_transcript(
     transcript: Transcript, settings: Settings, options: TextOptions | None = None, metrics: Any | None = None
 ) -> ProcessedTranscript:
-    """Filter invented phrases (when on), then mask personal data (when asked); report both."""
+    """Filter invented phrases (when on), correct the team's known misspellings (VOCABULARY_FILE), then mask
+    personal data (when asked); report what was dropped and masked."""
     options = options or text_options(settings)
     extra = str(settings.hallucination_phrases_file) if settings.hallucination_phrases_file else None
     result, dropped = filter_transcript(transcript, extra_file=extra, enabled=options.hallucination_filter)
     if dropped and metrics is not None:
         metrics.observe_dropped_segments(result.language, len(dropped))
+    result = correct_transcript(result, load_vocabulary(settings.vocabulary_file))
     redactions: dict[str, int] | None = None
     original: str | None = None
     if options.redact:
