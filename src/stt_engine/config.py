@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     hallucination_phrases_file: Path | None = Field(
         None, description="Extra phrases, one a line (optionally `ko<TAB>phrase`; `re:` for a regex)."
     )
+    channels_default: Literal["mix", "split"] = Field(
+        "mix", description="split = one speaker per channel for multi-channel files unless a request says mix."
+    )
     vocabulary_file: Path | None = Field(
         None, description="Team terms, one a line (`term | misspelling | ...`): hotwords, correction, LLM correct."
     )

@@ -25,6 +25,13 @@ FileField = Annotated[UploadFile | None, File(description="Audio or video file (
 # Bounds on short form fields: a longer value is refused by validation, whose message never echoes it back.
 _LANGUAGE_MAX = 35  # the longest BCP-47 tag anyone sends (zh-Hant-TW, ...)
 _TASK_MAX = 40
+ChannelsField = Annotated[
+    str | None, Form(max_length=10, description="split: one speaker per channel (stereo calls); mix; "
+                     "default CHANNELS_DEFAULT")
+]
+SpeakerNamesField = Annotated[
+    list[str] | None, Form(alias="known_speaker_names[]", description="Speaker names in channel order (split)")
+]
 RedactField = Annotated[
     str | None, Form(max_length=10, description="pii: mask personal data ([RRN] [PHONE] [CARD] [ACCOUNT] [EMAIL]); "
                      "none; default REDACT_DEFAULT")
@@ -128,8 +135,11 @@ async def transcribe(
     postprocess_prompt: Annotated[str | None, Form(description="Instruction for postprocess=custom")] = None,
     stream: Annotated[bool, Form(description="Server-Sent Events: text deltas as segments become final")] = False,
     redact: RedactField = None,
+    channels: ChannelsField = None,
+    known_speaker_names: SpeakerNamesField = None,
 ) -> Response:
     settings = request.app.state.settings
+    split = _split_channels(settings, channels, stream)
     options = build_options(
         settings, model_languages(request), language=language, task=task, prompt=prompt, hotwords=hotwords,
         word_timestamps=word_timestamps,
@@ -141,7 +151,8 @@ async def transcribe(
             request, file, options, final=lambda t: {"success": True, **_original_body(t)}, text=text
         )
     result = await transcribe_upload(
-        request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt, text=text
+        request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt, text=text,
+        split_channels=split, speaker_names=_names(known_speaker_names),
     )
     body: dict[str, Any] = {"success": True, **_original_body(result.transcript)}
     body["processing_time"] = round(result.processing_seconds, 3)
@@ -159,12 +170,29 @@ def _original_body(t: Transcript) -> dict[str, Any]:
         "duration": round(t.duration, 3),
         "segments": [
             {"start": float(s.start), "end": float(s.end), "text": s.text}
+            | ({"speaker": s.speaker, "channel": s.channel} if getattr(s, "speaker", None) is not None else {})
             | ({"words": [{"word": w.word.strip(), "start": float(w.start), "end": float(w.end)} for w in s.words]}
                if s.words else {})
             for s in t.segments
         ],
         **text_report(t),
     }
+
+
+def _names(values: list[str] | None) -> list[str] | None:
+    """`known_speaker_names[]`, repeated fields or one comma-separated value."""
+    return [n.strip() for v in (values or []) for n in v.split(",") if n.strip()] or None
+
+
+def _split_channels(settings: Any, value: str | None, stream: bool) -> bool:
+    choice = (value or settings.channels_default).strip().lower()
+    if choice not in ("split", "mix"):
+        raise InvalidRequest(f"channels must be 'split' or 'mix', not {quote(value)}.", param="channels",
+                             code="invalid_channels")
+    if choice == "split" and stream and value:
+        raise InvalidRequest("channels=split needs the whole file and cannot be combined with stream=true.",
+                             param="channels")
+    return choice == "split" and not stream
 
 
 def _no_postprocess_when_streaming(postprocess: str | None) -> None:
@@ -200,8 +228,11 @@ async def _openai_audio(
     postprocess_prompt: str | None,
     stream: bool = False,
     redact: str | None = None,
+    channels: str | None = None,
+    known_speaker_names: list[str] | None = None,
 ) -> Response:
     fmt = parse_format(response_format)
+    split = _split_channels(request.app.state.settings, channels, stream)
     granularities = [g for item in (granularities or []) for g in item.split(",") if g.strip()]
     unknown = sorted({g.strip() for g in granularities} - {"segment", "word"})
     if unknown:
@@ -219,7 +250,8 @@ async def _openai_audio(
         _no_postprocess_when_streaming(postprocess)
         return await stream_upload(request, file, options, final=lambda t: text_report(t), text=text)
     result = await transcribe_upload(
-        request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt, text=text
+        request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt, text=text,
+        split_channels=split, speaker_names=_names(known_speaker_names),
     )
     body = render(result.transcript, fmt, include_words=words)
     if isinstance(body, dict):
@@ -235,7 +267,7 @@ async def _openai_audio(
     return PlainTextResponse(body, media_type=MEDIA_TYPES[fmt], headers=headers)
 
 
-_FORMAT_HELP = "json | text | srt | verbose_json | vtt"
+_FORMAT_HELP = "json | text | srt | verbose_json | vtt | diarized_json"
 
 
 _OPENAI_JSON = TranscriptionVerbose | TranscriptionJson
@@ -259,10 +291,12 @@ async def openai_transcriptions(
     postprocess_prompt: Annotated[str | None, Form()] = None,
     stream: Annotated[bool, Form(description="Server-Sent Events in OpenAI's shape, for any model")] = False,
     redact: RedactField = None,
+    channels: ChannelsField = None,
+    known_speaker_names: SpeakerNamesField = None,
 ) -> Response:
     return await _openai_audio(
         request, "transcribe", file, language, prompt, response_format, temperature, timestamp_granularities,
-        hotwords, postprocess, postprocess_prompt, stream, redact,
+        hotwords, postprocess, postprocess_prompt, stream, redact, channels, known_speaker_names,
     )
 
 

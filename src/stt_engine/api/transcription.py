@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -19,12 +20,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from fastapi import Request, UploadFile
 from fastapi.responses import StreamingResponse
 from faster_whisper.transcribe import Segment
 from starlette.concurrency import run_in_threadpool
 
 from stt_engine import audio as audio_mod
+from stt_engine import channels as channels_mod
 from stt_engine.api.errors import error_body
 from stt_engine.audio import DecodedAudio
 from stt_engine.config import Settings
@@ -148,8 +151,12 @@ async def _wait_for_disconnect(request: Request) -> None:
             return
 
 
-async def receive_audio(request: Request, upload: UploadFile | None) -> DecodedAudio:
-    """Check that the request can be served, then store and decode its upload (bounded by the settings)."""
+async def receive_audio(
+    request: Request, upload: UploadFile | None, *, channels_out: list[np.ndarray] | None = None
+) -> DecodedAudio:
+    """Check that the request can be served, then store and decode its upload (bounded by the settings).
+
+    With `channels_out` (channels=split), a multi-channel upload's channels are also decoded one by one into it."""
     settings: Settings = request.app.state.settings
     scheduler: Scheduler | None = request.app.state.scheduler
     if upload is None or isinstance(upload, str):
@@ -161,6 +168,10 @@ async def receive_audio(request: Request, upload: UploadFile | None) -> DecodedA
     scheduler.admit(0.0)  # a full queue answers 429 before we spend time storing the upload
     async with stored_upload(upload, settings) as path:
         decoded = await _decode_admitted(request, scheduler, settings, path)
+        if channels_out is not None and decoded.source_channels > 1:
+            channels_out.extend(
+                await run_in_threadpool(channels_mod.decode_channels, path, max_seconds=settings.max_audio_seconds)
+            )
     request.state.audio_seconds = decoded.duration
     return decoded
 
@@ -173,16 +184,22 @@ async def transcribe_upload(
     postprocess: str | None = None,
     postprocess_prompt: str | None = None,
     text: TextOptions | None = None,
+    split_channels: bool = False,
+    speaker_names: list[str] | None = None,
 ) -> TranscriptionResult:
     """The whole path of one request's audio. Raises `STTError`s that the app renders in the route's shape."""
     if postprocess:
         request.app.state.postprocessor.validate(postprocess, postprocess_prompt)  # fail before any decoding
     started = time.perf_counter()
-    decoded = await receive_audio(request, upload)
+    tracks: list[np.ndarray] = []
+    decoded = await receive_audio(request, upload, channels_out=tracks if split_channels else None)
     long_audio = decoded.duration > 30
     scheduler: Scheduler = request.app.state.scheduler
-    work = asyncio.ensure_future(scheduler.transcribe(decoded, options))
-    del decoded  # the scheduler holds the samples only until its sections are decoded
+    if split_channels:
+        work = asyncio.ensure_future(_transcribe_channels(scheduler, decoded, tracks, options, speaker_names))
+    else:
+        work = asyncio.ensure_future(scheduler.transcribe(decoded, options))
+    del decoded, tracks  # the scheduler holds the samples only until its sections are decoded
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -202,6 +219,34 @@ async def transcribe_upload(
     if postprocess:
         result.postprocess = await _postprocess(request, transcript, postprocess, postprocess_prompt)
     return result
+
+
+async def _transcribe_channels(
+    scheduler: Scheduler,
+    decoded: DecodedAudio,
+    tracks: list[np.ndarray],
+    options: TranscribeOptions,
+    names: list[str] | None,
+) -> Transcript:
+    """channels=split: every sounding channel through the scheduler at once (their windows batch together),
+    merged in time order with speakers. A mono upload is one channel; copies of one signal are transcribed once."""
+    if not tracks:  # a mono upload: its one channel is the first speaker's
+        tracks = [decoded.samples]
+    channel_plan = await run_in_threadpool(channels_mod.plan, tracks, names)
+    del tracks
+    if channel_plan.copies:
+        log.info("channels=split: the channels carry the same signal; transcribed once")
+    results = await asyncio.gather(*(
+        scheduler.transcribe(channels_mod.track_audio(samples, decoded), options)
+        for _, samples in channel_plan.tracks
+    ))
+    merged = channels_mod.merge(
+        [(channel, t) for (channel, _), t in zip(channel_plan.tracks, results)], channel_plan.speakers,
+        decoded.duration,
+    )
+    if options.task == "translate" and merged.task != "translate":
+        merged = dataclasses.replace(merged, task="translate")
+    return merged
 
 
 def _processed(request: Request, transcript: Transcript, text: TextOptions | None) -> Transcript:
