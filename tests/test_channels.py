@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
+from stt_engine.api.schemas import TranscribeResponse, TranscriptionDiarized, TranscriptionVerbose
 from stt_engine.channels import plan, same_signal, speaker_names
 from tests.support import clip, error_rate, post_audio
 
@@ -57,6 +58,7 @@ def test_stereo_call_diarized_json(server: str, call: Path) -> None:
                    channels="split", **NAMES)
     assert r.status_code == 200, r.text
     body = r.json()
+    TranscriptionDiarized.model_validate(body)
     segments = body["segments"]
     assert all(s["type"] == "transcript.text.segment" and s["text"] for s in segments)
     assert [s["start"] for s in segments] == sorted(s["start"] for s in segments)  # merged in time order
@@ -76,6 +78,7 @@ def test_stereo_call_srt_vtt_text_and_original_route(server: str, call: Path) ->
     vtt = post_audio(server, route, call, language="ko", response_format="vtt", channels="split").text
     assert "<v A>" in vtt and "<v B>" in vtt, vtt  # no names given: A, B
     body = post_audio(server, "/transcribe", call, language="ko", channels="split", **NAMES).json()
+    TranscribeResponse.model_validate(body)
     assert body["success"] and {s["speaker"] for s in body["segments"]} == {"상담원", "고객"}
     agent = " ".join(s["text"] for s in body["segments"] if s["speaker"] == "상담원")
     assert error_rate(agent, clip(LEFT)) <= CER_BOUND
@@ -90,6 +93,7 @@ def test_mono_copied_to_stereo_is_transcribed_once(server: str, tmp_path: Path) 
     body = post_audio(server, "/v1/audio/transcriptions", copy, language="ko", response_format="verbose_json",
                       channels="split").json()
     after = httpx.get(server + "/health").json()["queue"]["completed"]
+    TranscriptionVerbose.model_validate(body)
     assert after - before == 1, (before, after)  # one scheduler request, not two
     assert {s["speaker"] for s in body["segments"]} == {"A"}
     assert error_rate(body["text"], source) <= 0.2

@@ -9,7 +9,13 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from stt_engine.api.errors import quote
-from stt_engine.api.schemas import TEXT_RESPONSES, TranscribeResponse, TranscriptionJson, TranscriptionVerbose
+from stt_engine.api.schemas import (
+    TEXT_RESPONSES,
+    TranscribeResponse,
+    TranscriptionDiarized,
+    TranscriptionJson,
+    TranscriptionVerbose,
+)
 from stt_engine.api.security import is_authenticated
 from stt_engine.api.transcription import stream_upload, transcribe_upload
 from stt_engine.engine import Transcript
@@ -255,7 +261,7 @@ async def _openai_audio(
     )
     body = render(result.transcript, fmt, include_words=words)
     if isinstance(body, dict):
-        if fmt is ResponseFormat.verbose_json or result.postprocess is not None:
+        if fmt in (ResponseFormat.verbose_json, ResponseFormat.diarized_json) or result.postprocess is not None:
             body.setdefault("language", result.transcript.language)
         if result.postprocess is not None:
             body["postprocess"] = result.postprocess
@@ -270,7 +276,7 @@ async def _openai_audio(
 _FORMAT_HELP = "json | text | srt | verbose_json | vtt | diarized_json"
 
 
-_OPENAI_JSON = TranscriptionVerbose | TranscriptionJson
+_OPENAI_JSON = TranscriptionVerbose | TranscriptionDiarized | TranscriptionJson
 
 
 @router.post(

@@ -110,6 +110,29 @@ class TranscriptionVerbose(_Strict):
     original_text: str | None = _ORIGINAL
 
 
+class DiarizedSegment(_Strict):
+    type: str = "transcript.text.segment"
+    id: str
+    start: float
+    end: float
+    speaker: str
+    text: str
+    channel: int | None = _CHANNEL
+
+
+class TranscriptionDiarized(_Strict):
+    """`response_format=diarized_json` (OpenAI's shape); speakers come from channels=split."""
+
+    task: str
+    language: str | None
+    duration: float
+    text: str
+    segments: list[DiarizedSegment]
+    postprocess: PostprocessResult | None = Field(None, description="Present when `postprocess` was asked for.")
+    redactions: dict[str, int] | None = _REDACTIONS
+    original_text: str | None = _ORIGINAL
+
+
 # text, srt and vtt are plain text in their own media types
 TEXT_RESPONSES = {
     200: {
