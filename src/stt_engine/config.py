@@ -122,6 +122,12 @@ class Settings(BaseSettings):
     channels_default: Literal["mix", "split"] = Field(
         "mix", description="split = one speaker per channel for multi-channel files unless a request says mix."
     )
+    normalize_default: Literal["none", "numbers"] = Field(
+        "none", description="numbers = spoken numbers to written form (NeMo ITN, the [itn] extra) unless a request says none."
+    )
+    normalize_cache_dir: Path | None = Field(
+        None, description="Where NeMo's compiled grammars are cached; default DATA_DIR/itn."
+    )
     vocabulary_file: Path | None = Field(
         None, description="Team terms, one a line (`term | misspelling | ...`): hotwords, correction, LLM correct."
     )

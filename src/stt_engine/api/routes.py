@@ -38,6 +38,10 @@ ChannelsField = Annotated[
 SpeakerNamesField = Annotated[
     list[str] | None, Form(alias="known_speaker_names[]", description="Speaker names in channel order (split)")
 ]
+NormalizeField = Annotated[
+    str | None, Form(max_length=10, description="numbers: spoken numbers to written form (NeMo ITN); none; "
+                     "default NORMALIZE_DEFAULT")
+]
 RedactField = Annotated[
     str | None, Form(max_length=10, description="pii: mask personal data ([RRN] [PHONE] [CARD] [ACCOUNT] [EMAIL]); "
                      "none; default REDACT_DEFAULT")
@@ -143,6 +147,7 @@ async def transcribe(
     redact: RedactField = None,
     channels: ChannelsField = None,
     known_speaker_names: SpeakerNamesField = None,
+    normalize: NormalizeField = None,
 ) -> Response:
     settings = request.app.state.settings
     split = _split_channels(settings, channels, stream)
@@ -150,7 +155,7 @@ async def transcribe(
         settings, model_languages(request), language=language, task=task, prompt=prompt, hotwords=hotwords,
         word_timestamps=word_timestamps,
     )
-    text = text_options(settings, redact=redact)
+    text = text_options(settings, redact=redact, normalize=normalize)
     if stream:
         _no_postprocess_when_streaming(postprocess)
         return await stream_upload(
@@ -236,6 +241,7 @@ async def _openai_audio(
     redact: str | None = None,
     channels: str | None = None,
     known_speaker_names: list[str] | None = None,
+    normalize: str | None = None,
 ) -> Response:
     fmt = parse_format(response_format)
     split = _split_channels(request.app.state.settings, channels, stream)
@@ -251,7 +257,7 @@ async def _openai_audio(
         request.app.state.settings, model_languages(request), language=language, task=task, prompt=prompt,
         temperature=temperature, word_timestamps=words, hotwords=hotwords,
     )
-    text = text_options(request.app.state.settings, redact=redact)
+    text = text_options(request.app.state.settings, redact=redact, normalize=normalize)
     if stream:
         _no_postprocess_when_streaming(postprocess)
         return await stream_upload(request, file, options, final=lambda t: text_report(t), text=text)
@@ -299,10 +305,11 @@ async def openai_transcriptions(
     redact: RedactField = None,
     channels: ChannelsField = None,
     known_speaker_names: SpeakerNamesField = None,
+    normalize: NormalizeField = None,
 ) -> Response:
     return await _openai_audio(
         request, "transcribe", file, language, prompt, response_format, temperature, timestamp_granularities,
-        hotwords, postprocess, postprocess_prompt, stream, redact, channels, known_speaker_names,
+        hotwords, postprocess, postprocess_prompt, stream, redact, channels, known_speaker_names, normalize,
     )
 
 

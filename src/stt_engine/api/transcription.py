@@ -211,7 +211,7 @@ async def transcribe_upload(
             await work
         log.info("client disconnected; its transcription was dropped")
         raise STTError("Client disconnected.", status=499, code="client_closed_request")
-    transcript = _processed(request, work.result(), text)
+    transcript = await _processed(request, work.result(), text)
     del work
     if long_audio:
         await run_in_threadpool(audio_mod.release_memory)  # its samples are free now: hand them back to the OS
@@ -249,10 +249,10 @@ async def _transcribe_channels(
     return merged
 
 
-def _processed(request: Request, transcript: Transcript, text: TextOptions | None) -> Transcript:
-    """The scheduler's transcript after the text processing the request and settings ask for."""
+async def _processed(request: Request, transcript: Transcript, text: TextOptions | None) -> Transcript:
+    """The scheduler's transcript after the text processing the request and settings ask for (off the loop)."""
     state = request.app.state
-    return finish_transcript(transcript, state.settings, text, getattr(state, "metrics", None))
+    return await run_in_threadpool(finish_transcript, transcript, state.settings, text, getattr(state, "metrics", None))
 
 
 def _finished(request: Request, transcript: Transcript, started: float) -> float:
@@ -311,7 +311,7 @@ async def stream_upload(
                     delta = pii.redact(delta)[0]
                 if delta:
                     yield _sse({"type": "transcript.text.delta", "delta": delta})
-            transcript = _processed(request, work.result(), text)
+            transcript = await _processed(request, work.result(), text)
             _finished(request, transcript, started)
             yield _sse({"type": "transcript.text.done", "text": transcript.text, **final(transcript)})
         except STTError as exc:

@@ -108,7 +108,7 @@ class JobExecutor:
         if transcript is None:
             log.info("job %s cancelled while running", job.id)
             return
-        transcript = finish_transcript(transcript, self.settings, metrics=self.metrics)
+        transcript = await asyncio.to_thread(finish_transcript, transcript, self.settings, metrics=self.metrics)
         result = transcript_to_dict(transcript)
         # the transcript is stored before post-processing, so that a failing LLM can never cost it
         if not await self._retrying(

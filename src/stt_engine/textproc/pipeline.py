@@ -14,7 +14,7 @@ from typing import Any
 from stt_engine.config import Settings
 from stt_engine.engine import Transcript
 from stt_engine.errors import InvalidRequest, quote
-from stt_engine.textproc import pii
+from stt_engine.textproc import numbers, pii
 from stt_engine.textproc.hallucination import DroppedSegment, filter_transcript
 from stt_engine.textproc.vocabulary import correct_transcript, load_vocabulary
 
@@ -35,17 +35,25 @@ class TextOptions:
     hallucination_filter: bool = True
     redact: bool = False
     keep_original: bool = False
+    normalize_numbers: bool = False
 
 
-def text_options(settings: Settings, *, redact: str | None = None) -> TextOptions:
-    """A request's choices: its own `redact` value (`pii` or `none`), else the server's defaults."""
+def text_options(settings: Settings, *, redact: str | None = None, normalize: str | None = None) -> TextOptions:
+    """A request's choices: its own `redact` (`pii` | `none`) and `normalize` (`numbers` | `none`) values, else
+    the server's defaults."""
     value = (redact or settings.redact_default).strip().lower()
     if value not in ("pii", "none"):
         raise InvalidRequest(f"redact must be 'pii' or 'none', not {quote(redact)}.", param="redact",
                              code="invalid_redact")
+    norm = (normalize or settings.normalize_default).strip().lower()
+    if norm not in ("numbers", "none"):
+        raise InvalidRequest(f"normalize must be 'numbers' or 'none', not {quote(normalize)}.", param="normalize",
+                             code="invalid_normalize")
+    if norm == "numbers":
+        numbers.check_available()
     return TextOptions(
         hallucination_filter=settings.hallucination_filter, redact=value == "pii",
-        keep_original=settings.redact_keep_original,
+        keep_original=settings.redact_keep_original, normalize_numbers=norm == "numbers",
     )
 
 
@@ -64,14 +72,17 @@ def _masked(transcript: Transcript) -> tuple[Transcript, Counter[str]]:
 def finish_transcript(
     transcript: Transcript, settings: Settings, options: TextOptions | None = None, metrics: Any | None = None
 ) -> ProcessedTranscript:
-    """Filter invented phrases (when on), correct the team's known misspellings (VOCABULARY_FILE), then mask
-    personal data (when asked); report what was dropped and masked."""
+    """Filter invented phrases (when on), correct the team's known misspellings (VOCABULARY_FILE), write numbers
+    (when asked), then mask personal data (when asked); report what was dropped and masked. Blocking (NeMo's
+    grammars): call it off the event loop."""
     options = options or text_options(settings)
     extra = str(settings.hallucination_phrases_file) if settings.hallucination_phrases_file else None
     result, dropped = filter_transcript(transcript, extra_file=extra, enabled=options.hallucination_filter)
     if dropped and metrics is not None:
         metrics.observe_dropped_segments(result.language, len(dropped))
     result = correct_transcript(result, load_vocabulary(settings.vocabulary_file))
+    if options.normalize_numbers:  # before masking: written digits are what the PII patterns read best
+        result = numbers.normalize_transcript(result, settings.normalize_cache_dir or settings.data_dir / "itn")
     redactions: dict[str, int] | None = None
     original: str | None = None
     if options.redact:
