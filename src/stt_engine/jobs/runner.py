@@ -108,7 +108,11 @@ class JobExecutor:
         if transcript is None:
             log.info("job %s cancelled while running", job.id)
             return
-        transcript = await asyncio.to_thread(finish_transcript, transcript, self.settings, metrics=self.metrics)
+        try:  # the settings' text processing (filter, vocabulary, numbers, masking), as for a request
+            transcript = await asyncio.to_thread(finish_transcript, transcript, self.settings, metrics=self.metrics)
+        except STTError as exc:
+            await self._finish(job, token, JobStatus.failed, error={"code": exc.code, "message": exc.message})
+            return
         result = transcript_to_dict(transcript)
         # the transcript is stored before post-processing, so that a failing LLM can never cost it
         if not await self._retrying(
