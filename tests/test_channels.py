@@ -97,3 +97,19 @@ def test_mono_copied_to_stereo_is_transcribed_once(server: str, tmp_path: Path) 
     assert after - before == 1, (before, after)  # one scheduler request, not two
     assert {s["speaker"] for s in body["segments"]} == {"A"}
     assert error_rate(body["text"], source) <= 0.2
+
+
+def test_silent_channel_is_not_sent(server: str, tmp_path: Path) -> None:
+    source = clip("ko/ett_pfi00017.wav")
+    one_sided = tmp_path / "one_sided.wav"
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-y", "-i", str(source.path), "-filter_complex",
+         "[0:a]aresample=16000,aformat=channel_layouts=mono,pan=stereo|c0=c0|c1=0*c0[a]", "-map", "[a]",
+         str(one_sided)], check=True,
+    )
+    before = httpx.get(server + "/health").json()["queue"]["completed"]
+    body = post_audio(server, "/transcribe", one_sided, language="ko", channels="split", **NAMES).json()
+    after = httpx.get(server + "/health").json()["queue"]["completed"]
+    assert after - before == 1, (before, after)  # the muted customer line never reached the scheduler
+    assert {s["speaker"] for s in body["segments"]} == {"상담원"}
+    assert error_rate(body["text"], source) <= 0.2

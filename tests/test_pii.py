@@ -149,6 +149,9 @@ def test_route_masks_every_format_the_log_and_the_llm_input(tmp_path) -> None:
                 assert "5678" in verbose["original_text"]  # REDACT_KEEP_ORIGINAL: the unmasked text, apart
                 assert any(w["word"] == "[PHONE]" for w in verbose["words"]), verbose["words"]
                 assert all("5678" not in s["text"] for s in verbose["segments"])
+                stream = post_audio(base, route, audio, language="en", redact="pii", stream="true")
+                masked_part = stream.text.split('"original_text"')[0]  # REDACT_KEEP_ORIGINAL is on here
+                assert stream.status_code == 200 and "[PHONE]" in stream.text and "5678" not in masked_part, stream.text
                 original = post_audio(base, "/transcribe", audio, language="en", redact="pii",
                                       postprocess="correct").json()
                 assert "[PHONE]" in original["text"] and original["redactions"]["PHONE"] == 1
