@@ -114,6 +114,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from stt_engine.models import resolve_model
     from stt_engine.options import build_options
     from stt_engine.scheduler import Scheduler
+    from stt_engine.textproc import finish_transcript
 
     settings = get_settings()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -140,6 +141,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             started = time.perf_counter()
             audio = decode(name, max_seconds=settings.max_audio_seconds)
             transcript = asyncio.run(scheduler.transcribe(audio, options))
+            transcript = finish_transcript(transcript, settings)  # the settings' text processing, as the server
             elapsed = time.perf_counter() - started
         except STTError as exc:
             print(f"stt-engine: {name}: {exc.message}", file=sys.stderr)

@@ -125,6 +125,32 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(10, ge=1, le=10)
     webhook_timeout_s: float = Field(10.0, gt=0)
 
+    # --- transcript text: invented phrases ------------------------------------------------------
+    hallucination_filter: bool = Field(
+        True, description="Drop known invented phrases (per language) whose evidence is weak; collapse loops."
+    )
+    hallucination_phrases_file: Path | None = Field(
+        None, description="Extra phrases, one a line (optionally `ko<TAB>phrase`; `re:` for a regex)."
+    )
+    channels_default: Literal["mix", "split"] = Field(
+        "mix", description="split = one speaker per channel for multi-channel files unless a request says mix."
+    )
+    normalize_default: Literal["none", "numbers"] = Field(
+        "none", description="numbers = spoken numbers to written form (NeMo ITN, the [itn] extra) unless a request says none."
+    )
+    normalize_cache_dir: Path | None = Field(
+        None, description="Where NeMo's compiled grammars are cached; default DATA_DIR/itn."
+    )
+    vocabulary_file: Path | None = Field(
+        None, description="Team terms, one a line (`term | misspelling | ...`): hotwords, correction, LLM correct."
+    )
+    redact_default: Literal["none", "pii"] = Field(
+        "none", description="pii = mask personal data in every transcript unless a request says redact=none."
+    )
+    redact_keep_original: bool = Field(
+        False, description="With masking, also return the unmasked text as original_text (JSON formats)."
+    )
+
     @field_validator("api_keys", "auth_open_paths", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

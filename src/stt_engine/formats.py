@@ -1,4 +1,6 @@
-"""Render a `Transcript` as OpenAI's response formats: json, text, srt, vtt, verbose_json."""
+"""Render a `Transcript` as OpenAI's response formats: json, text, srt, vtt, verbose_json, diarized_json.
+
+Segments that carry a speaker (channels=split) show it in every format."""
 
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ class ResponseFormat(str, Enum):
     srt = "srt"
     vtt = "vtt"
     verbose_json = "verbose_json"
+    diarized_json = "diarized_json"
 
 
 MEDIA_TYPES: dict[ResponseFormat, str] = {
     ResponseFormat.json: "application/json",
     ResponseFormat.verbose_json: "application/json",
+    ResponseFormat.diarized_json: "application/json",
     ResponseFormat.text: "text/plain; charset=utf-8",
     ResponseFormat.srt: "application/x-subrip; charset=utf-8",
     ResponseFormat.vtt: "text/vtt; charset=utf-8",
@@ -35,17 +39,64 @@ def timestamp(seconds: float, separator: str) -> str:
     return format_timestamp(max(0.0, float(seconds)), always_include_hours=True, decimal_marker=separator)
 
 
+def speaker_of(segment: Any) -> str | None:
+    """The segment's speaker (channels=split), else None."""
+    return getattr(segment, "speaker", None)
+
+
+def _has_speakers(transcript: Transcript) -> bool:
+    return any(speaker_of(s) is not None for s in transcript.segments)
+
+
 def to_srt(transcript: Transcript) -> str:
+    def cue(s: Any) -> str:
+        speaker = speaker_of(s)
+        return f"{speaker}: {s.text.strip()}" if speaker is not None else s.text
+
     blocks = [
-        f"{i}\n{timestamp(s.start, ',')} --> {timestamp(s.end, ',')}\n{s.text}\n"
+        f"{i}\n{timestamp(s.start, ',')} --> {timestamp(s.end, ',')}\n{cue(s)}\n"
         for i, s in enumerate(transcript.segments, start=1)
     ]
     return "\n".join(blocks)
 
 
 def to_vtt(transcript: Transcript) -> str:
-    blocks = [f"{timestamp(s.start, '.')} --> {timestamp(s.end, '.')}\n{s.text}\n" for s in transcript.segments]
+    def cue(s: Any) -> str:
+        speaker = speaker_of(s)
+        return f"<v {speaker}>{s.text.strip()}" if speaker is not None else s.text
+
+    blocks = [f"{timestamp(s.start, '.')} --> {timestamp(s.end, '.')}\n{cue(s)}\n" for s in transcript.segments]
     return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def to_speaker_text(transcript: Transcript) -> str:
+    """`Speaker: text` lines, one per turn (consecutive segments of one speaker join)."""
+    lines: list[tuple[str | None, list[str]]] = []
+    for s in transcript.segments:
+        speaker = speaker_of(s)
+        if lines and lines[-1][0] == speaker:
+            lines[-1][1].append(s.text.strip())
+        else:
+            lines.append((speaker, [s.text.strip()]))
+    return "".join(f"{speaker}: {' '.join(parts)}\n" for speaker, parts in lines)
+
+
+def to_diarized_json(transcript: Transcript) -> dict[str, Any]:
+    """OpenAI's diarized_json. Without channels=split every segment is speaker A (mono is not diarized)."""
+    return {
+        "task": transcript.task,
+        "language": transcript.language,
+        "duration": round(transcript.duration, 3),
+        "text": transcript.text,
+        "segments": [
+            {
+                "type": "transcript.text.segment", "id": f"seg_{s.id}", "start": float(s.start), "end": float(s.end),
+                "speaker": speaker_of(s) or "A", "text": s.text.strip(),
+            }
+            | ({"channel": s.channel} if getattr(s, "channel", None) is not None else {})
+            for s in transcript.segments
+        ],
+    }
 
 
 def to_verbose_json(transcript: Transcript, include_words: bool) -> dict[str, Any]:
@@ -68,9 +119,13 @@ def to_verbose_json(transcript: Transcript, include_words: bool) -> dict[str, An
                 "compression_ratio": float(s.compression_ratio),
                 "no_speech_prob": float(s.no_speech_prob),
             }
+            | ({"speaker": speaker_of(s), "channel": s.channel} if speaker_of(s) is not None else {})
             for s in transcript.segments
         ],
     }
+    dropped = getattr(transcript, "dropped_segments", None)
+    if dropped is not None:  # a processed transcript: what the invented-phrase filter removed, never silently
+        body["dropped_segments"] = [d.as_dict() for d in dropped]
     if include_words:
         body["words"] = [
             {"word": w.word.strip(), "start": float(w.start), "end": float(w.end), "probability": float(w.probability)}
@@ -80,14 +135,30 @@ def to_verbose_json(transcript: Transcript, include_words: bool) -> dict[str, An
     return body
 
 
+def text_report(transcript: Transcript) -> dict[str, Any]:
+    """What text processing reports in a JSON body: mask counts, and the unmasked text where it is allowed."""
+    body: dict[str, Any] = {}
+    redactions = getattr(transcript, "redactions", None)
+    if redactions is not None:
+        body["redactions"] = redactions
+        original = getattr(transcript, "original_text", None)
+        if original is not None:
+            body["original_text"] = original
+    return body
+
+
 def render(transcript: Transcript, fmt: ResponseFormat, include_words: bool = False) -> str | dict[str, Any]:
     """The response body: a dict for the JSON formats, a string for the others."""
     if fmt is ResponseFormat.json:
-        return {"text": transcript.text}
+        return {"text": transcript.text, **text_report(transcript)}
     if fmt is ResponseFormat.verbose_json:
-        return to_verbose_json(transcript, include_words)
+        return {**to_verbose_json(transcript, include_words), **text_report(transcript)}
+    if fmt is ResponseFormat.diarized_json:
+        return {**to_diarized_json(transcript), **text_report(transcript)}
     if fmt is ResponseFormat.srt:
         return to_srt(transcript)
     if fmt is ResponseFormat.vtt:
         return to_vtt(transcript)
+    if _has_speakers(transcript):
+        return to_speaker_text(transcript)
     return transcript.text + "\n" if transcript.text else ""

@@ -149,6 +149,11 @@ class Metrics:
             "From the end of a turn (VAD stop or commit) to its completed transcript being sent.",
             buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.dropped_segments = Counter(
+            f"{PREFIX}_hallucinated_segments_dropped",
+            "Segments the invented-phrase filter dropped (listed in verbose_json's dropped_segments).",
+            ["language"], registry=r,
+        )
         if get_scheduler is not None:
             r.register(_SchedulerCollector(get_scheduler))
 
@@ -186,6 +191,10 @@ class Metrics:
         if error:
             kind = (error.get("type") or error.get("code") or "error") if isinstance(error, dict) else "error"
             self.postprocess_failures.labels(task_label, str(kind)[:40]).inc()
+
+    def observe_dropped_segments(self, language: str | None, count: int) -> None:
+        label = language if language and len(language) <= 3 and language.isalpha() else "unknown"
+        self.dropped_segments.labels(label).inc(count)
 
     def render(self) -> bytes:
         """The text exposition format."""

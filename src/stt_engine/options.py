@@ -85,6 +85,10 @@ def build_options(
             )
     if task not in ("transcribe", "translate"):
         raise InvalidRequest(f"task must be 'transcribe' or 'translate', not {quote(task)}.", param="task")
+    if settings.vocabulary_file:  # the team's terms come first; the request's own hotwords add to them
+        from stt_engine.textproc.vocabulary import load_vocabulary, merge_hotwords
+
+        hotwords = merge_hotwords(load_vocabulary(settings.vocabulary_file), hotwords)
     if beam_size is not None and not 1 <= beam_size <= 20:
         raise InvalidRequest("beam_size must be between 1 and 20.", param="beam_size")
     return TranscribeOptions(

@@ -9,15 +9,22 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from stt_engine.api.errors import quote
-from stt_engine.api.schemas import TEXT_RESPONSES, TranscribeResponse, TranscriptionJson, TranscriptionVerbose
+from stt_engine.api.schemas import (
+    TEXT_RESPONSES,
+    TranscribeResponse,
+    TranscriptionDiarized,
+    TranscriptionJson,
+    TranscriptionVerbose,
+)
 from stt_engine.api.security import is_authenticated
 from stt_engine.api.transcription import stream_upload, transcribe_upload
 from stt_engine.api.web import web_page
 from stt_engine.engine import Transcript
 from stt_engine.errors import InvalidRequest, NotReady, STTError
-from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render
+from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render, text_report
 from stt_engine.options import build_options
 from stt_engine.metrics import CONTENT_TYPE
+from stt_engine.textproc import text_options
 
 router = APIRouter()
 
@@ -25,6 +32,21 @@ FileField = Annotated[UploadFile | None, File(description="Audio or video file (
 # Bounds on short form fields: a longer value is refused by validation, whose message never echoes it back.
 _LANGUAGE_MAX = 35  # the longest BCP-47 tag anyone sends (zh-Hant-TW, ...)
 _TASK_MAX = 40
+ChannelsField = Annotated[
+    str | None, Form(max_length=10, description="split: one speaker per channel (stereo calls); mix; "
+                     "default CHANNELS_DEFAULT")
+]
+SpeakerNamesField = Annotated[
+    list[str] | None, Form(alias="known_speaker_names[]", description="Speaker names in channel order (split)")
+]
+NormalizeField = Annotated[
+    str | None, Form(max_length=10, description="numbers: spoken numbers to written form (NeMo ITN); none; "
+                     "default NORMALIZE_DEFAULT")
+]
+RedactField = Annotated[
+    str | None, Form(max_length=10, description="pii: mask personal data ([RRN] [PHONE] [CARD] [ACCOUNT] [EMAIL]); "
+                     "none; default REDACT_DEFAULT")
+]
 LanguageField = Annotated[
     str | None, Form(max_length=_LANGUAGE_MAX, description="ISO-639-1 code, e.g. ko; detected when absent")
 ]
@@ -123,17 +145,26 @@ async def transcribe(
     ] = None,
     postprocess_prompt: Annotated[str | None, Form(description="Instruction for postprocess=custom")] = None,
     stream: Annotated[bool, Form(description="Server-Sent Events: text deltas as segments become final")] = False,
+    redact: RedactField = None,
+    channels: ChannelsField = None,
+    known_speaker_names: SpeakerNamesField = None,
+    normalize: NormalizeField = None,
 ) -> Response:
     settings = request.app.state.settings
+    split = _split_channels(settings, channels, stream)
     options = build_options(
         settings, model_languages(request), language=language, task=task, prompt=prompt, hotwords=hotwords,
         word_timestamps=word_timestamps,
     )
+    text = text_options(settings, redact=redact, normalize=normalize)
     if stream:
         _no_postprocess_when_streaming(postprocess)
-        return await stream_upload(request, file, options, final=lambda t: {"success": True, **_original_body(t)})
+        return await stream_upload(
+            request, file, options, final=lambda t: {"success": True, **_original_body(t)}, text=text
+        )
     result = await transcribe_upload(
-        request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt
+        request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt, text=text,
+        split_channels=split, speaker_names=_names(known_speaker_names),
     )
     body: dict[str, Any] = {"success": True, **_original_body(result.transcript)}
     body["processing_time"] = round(result.processing_seconds, 3)
@@ -151,11 +182,29 @@ def _original_body(t: Transcript) -> dict[str, Any]:
         "duration": round(t.duration, 3),
         "segments": [
             {"start": float(s.start), "end": float(s.end), "text": s.text}
+            | ({"speaker": s.speaker, "channel": s.channel} if getattr(s, "speaker", None) is not None else {})
             | ({"words": [{"word": w.word.strip(), "start": float(w.start), "end": float(w.end)} for w in s.words]}
                if s.words else {})
             for s in t.segments
         ],
+        **text_report(t),
     }
+
+
+def _names(values: list[str] | None) -> list[str] | None:
+    """`known_speaker_names[]`, repeated fields or one comma-separated value."""
+    return [n.strip() for v in (values or []) for n in v.split(",") if n.strip()] or None
+
+
+def _split_channels(settings: Any, value: str | None, stream: bool) -> bool:
+    choice = (value or settings.channels_default).strip().lower()
+    if choice not in ("split", "mix"):
+        raise InvalidRequest(f"channels must be 'split' or 'mix', not {quote(value)}.", param="channels",
+                             code="invalid_channels")
+    if choice == "split" and stream and value:
+        raise InvalidRequest("channels=split needs the whole file and cannot be combined with stream=true.",
+                             param="channels")
+    return choice == "split" and not stream
 
 
 def _no_postprocess_when_streaming(postprocess: str | None) -> None:
@@ -190,8 +239,13 @@ async def _openai_audio(
     postprocess: str | None,
     postprocess_prompt: str | None,
     stream: bool = False,
+    redact: str | None = None,
+    channels: str | None = None,
+    known_speaker_names: list[str] | None = None,
+    normalize: str | None = None,
 ) -> Response:
     fmt = parse_format(response_format)
+    split = _split_channels(request.app.state.settings, channels, stream)
     granularities = [g for item in (granularities or []) for g in item.split(",") if g.strip()]
     unknown = sorted({g.strip() for g in granularities} - {"segment", "word"})
     if unknown:
@@ -204,26 +258,32 @@ async def _openai_audio(
         request.app.state.settings, model_languages(request), language=language, task=task, prompt=prompt,
         temperature=temperature, word_timestamps=words, hotwords=hotwords,
     )
+    text = text_options(request.app.state.settings, redact=redact, normalize=normalize)
     if stream:
         _no_postprocess_when_streaming(postprocess)
-        return await stream_upload(request, file, options, final=lambda t: {})
+        return await stream_upload(request, file, options, final=lambda t: text_report(t), text=text)
     result = await transcribe_upload(
-        request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt
+        request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt, text=text,
+        split_channels=split, speaker_names=_names(known_speaker_names),
     )
     body = render(result.transcript, fmt, include_words=words)
     if isinstance(body, dict):
-        if fmt is ResponseFormat.verbose_json or result.postprocess is not None:
+        if fmt in (ResponseFormat.verbose_json, ResponseFormat.diarized_json) or result.postprocess is not None:
             body.setdefault("language", result.transcript.language)
         if result.postprocess is not None:
             body["postprocess"] = result.postprocess
         return JSONResponse(body)
-    return PlainTextResponse(body, media_type=MEDIA_TYPES[fmt])
+    headers = {}
+    redactions = text_report(result.transcript).get("redactions")
+    if redactions is not None:  # the text formats carry the mask counts in a header
+        headers["X-Redactions"] = ",".join(f"{k}={v}" for k, v in redactions.items())
+    return PlainTextResponse(body, media_type=MEDIA_TYPES[fmt], headers=headers)
 
 
-_FORMAT_HELP = "json | text | srt | verbose_json | vtt"
+_FORMAT_HELP = "json | text | srt | verbose_json | vtt | diarized_json"
 
 
-_OPENAI_JSON = TranscriptionVerbose | TranscriptionJson
+_OPENAI_JSON = TranscriptionVerbose | TranscriptionDiarized | TranscriptionJson
 
 
 @router.post(
@@ -243,10 +303,14 @@ async def openai_transcriptions(
     postprocess: Annotated[str | None, Form(max_length=_TASK_MAX)] = None,
     postprocess_prompt: Annotated[str | None, Form()] = None,
     stream: Annotated[bool, Form(description="Server-Sent Events in OpenAI's shape, for any model")] = False,
+    redact: RedactField = None,
+    channels: ChannelsField = None,
+    known_speaker_names: SpeakerNamesField = None,
+    normalize: NormalizeField = None,
 ) -> Response:
     return await _openai_audio(
         request, "transcribe", file, language, prompt, response_format, temperature, timestamp_granularities,
-        hotwords, postprocess, postprocess_prompt, stream,
+        hotwords, postprocess, postprocess_prompt, stream, redact, channels, known_speaker_names, normalize,
     )
 
 
@@ -261,9 +325,11 @@ async def openai_translations(
     prompt: Annotated[str | None, Form()] = None,
     response_format: Annotated[str | None, Form(description=_FORMAT_HELP)] = None,
     temperature: Annotated[float | None, Form()] = None,
+    redact: RedactField = None,
 ) -> Response:
     return await _openai_audio(
-        request, "translate", file, None, prompt, response_format, temperature, None, None, None, None
+        request, "translate", file, None, prompt, response_format, temperature, None, None, None, None,
+        redact=redact,
     )
 
 

@@ -15,6 +15,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_REDACTIONS = Field(None, description="Masks by type ([RRN] [PHONE] [CARD] [ACCOUNT] [EMAIL]), with redact=pii.")
+_ORIGINAL = Field(None, description="The unmasked text, with redact=pii and REDACT_KEEP_ORIGINAL=true.")
+_SPEAKER = Field(None, description="With channels=split: the channel's speaker name.")
+_CHANNEL = Field(None, description="With channels=split: the channel (0 = left).")
+
+
+class DroppedSegment(_Strict):
+    """A segment the invented-phrase filter removed, and why."""
+
+    id: int
+    start: float
+    end: float
+    text: str
+    reasons: list[str]
+
+
 # --- original contract: POST /transcribe ----------------------------------------------------------------
 class TranscribeWord(_Strict):
     word: str
@@ -27,6 +43,8 @@ class TranscribeSegment(_Strict):
     end: float
     text: str
     words: list[TranscribeWord] | None = Field(None, description="Present with `word_timestamps=true`.")
+    speaker: str | None = _SPEAKER
+    channel: int | None = _CHANNEL
 
 
 class TranscribeResponse(_Strict):
@@ -38,6 +56,8 @@ class TranscribeResponse(_Strict):
     processing_time: float = Field(description="Seconds from upload received to transcript ready.")
     segments: list[TranscribeSegment]
     postprocess: PostprocessResult | None = Field(None, description="Present when `postprocess` was asked for.")
+    redactions: dict[str, int] | None = _REDACTIONS
+    original_text: str | None = _ORIGINAL
 
 
 # --- OpenAI: POST /v1/audio/transcriptions and /v1/audio/translations --------------------------------------
@@ -47,6 +67,8 @@ class TranscriptionJson(_Strict):
     text: str
     language: str | None = Field(None, description="Present with `postprocess`.")
     postprocess: PostprocessResult | None = Field(None, description="Present when `postprocess` was asked for.")
+    redactions: dict[str, int] | None = _REDACTIONS
+    original_text: str | None = _ORIGINAL
 
 
 class VerboseSegment(_Strict):
@@ -60,6 +82,8 @@ class VerboseSegment(_Strict):
     avg_logprob: float
     compression_ratio: float
     no_speech_prob: float
+    speaker: str | None = _SPEAKER
+    channel: int | None = _CHANNEL
 
 
 class VerboseWord(_Strict):
@@ -79,6 +103,34 @@ class TranscriptionVerbose(_Strict):
     segments: list[VerboseSegment]
     words: list[VerboseWord] | None = Field(None, description="Present with `timestamp_granularities[]=word`.")
     postprocess: PostprocessResult | None = Field(None, description="Present when `postprocess` was asked for.")
+    dropped_segments: list[DroppedSegment] | None = Field(
+        None, description="Segments the invented-phrase filter removed (HALLUCINATION_FILTER), with the reasons."
+    )
+    redactions: dict[str, int] | None = _REDACTIONS
+    original_text: str | None = _ORIGINAL
+
+
+class DiarizedSegment(_Strict):
+    type: str = "transcript.text.segment"
+    id: str
+    start: float
+    end: float
+    speaker: str
+    text: str
+    channel: int | None = _CHANNEL
+
+
+class TranscriptionDiarized(_Strict):
+    """`response_format=diarized_json` (OpenAI's shape); speakers come from channels=split."""
+
+    task: str
+    language: str | None
+    duration: float
+    text: str
+    segments: list[DiarizedSegment]
+    postprocess: PostprocessResult | None = Field(None, description="Present when `postprocess` was asked for.")
+    redactions: dict[str, int] | None = _REDACTIONS
+    original_text: str | None = _ORIGINAL
 
 
 # text, srt and vtt are plain text in their own media types

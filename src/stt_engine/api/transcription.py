@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -19,12 +20,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from fastapi import Request, UploadFile
 from fastapi.responses import StreamingResponse
 from faster_whisper.transcribe import Segment
 from starlette.concurrency import run_in_threadpool
 
 from stt_engine import audio as audio_mod
+from stt_engine import channels as channels_mod
 from stt_engine.api.errors import error_body
 from stt_engine.audio import DecodedAudio
 from stt_engine.config import Settings
@@ -32,6 +35,8 @@ from stt_engine.engine import Transcript, segment_separator
 from stt_engine.errors import InvalidRequest, NotReady, Overloaded, PayloadTooLarge, STTError
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler import Scheduler
+from stt_engine.textproc import TextOptions, finish_transcript, pii
+from stt_engine.textproc.vocabulary import load_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +151,12 @@ async def _wait_for_disconnect(request: Request) -> None:
             return
 
 
-async def receive_audio(request: Request, upload: UploadFile | None) -> DecodedAudio:
-    """Check that the request can be served, then store and decode its upload (bounded by the settings)."""
+async def receive_audio(
+    request: Request, upload: UploadFile | None, *, channels_out: list[np.ndarray] | None = None
+) -> DecodedAudio:
+    """Check that the request can be served, then store and decode its upload (bounded by the settings).
+
+    With `channels_out` (channels=split), a multi-channel upload's channels are also decoded one by one into it."""
     settings: Settings = request.app.state.settings
     scheduler: Scheduler | None = request.app.state.scheduler
     if upload is None or isinstance(upload, str):
@@ -159,6 +168,10 @@ async def receive_audio(request: Request, upload: UploadFile | None) -> DecodedA
     scheduler.admit(0.0)  # a full queue answers 429 before we spend time storing the upload
     async with stored_upload(upload, settings) as path:
         decoded = await _decode_admitted(request, scheduler, settings, path)
+        if channels_out is not None and decoded.source_channels > 1:
+            channels_out.extend(
+                await run_in_threadpool(channels_mod.decode_channels, path, max_seconds=settings.max_audio_seconds)
+            )
     request.state.audio_seconds = decoded.duration
     return decoded
 
@@ -170,16 +183,23 @@ async def transcribe_upload(
     *,
     postprocess: str | None = None,
     postprocess_prompt: str | None = None,
+    text: TextOptions | None = None,
+    split_channels: bool = False,
+    speaker_names: list[str] | None = None,
 ) -> TranscriptionResult:
     """The whole path of one request's audio. Raises `STTError`s that the app renders in the route's shape."""
     if postprocess:
         request.app.state.postprocessor.validate(postprocess, postprocess_prompt)  # fail before any decoding
     started = time.perf_counter()
-    decoded = await receive_audio(request, upload)
+    tracks: list[np.ndarray] = []
+    decoded = await receive_audio(request, upload, channels_out=tracks if split_channels else None)
     long_audio = decoded.duration > 30
     scheduler: Scheduler = request.app.state.scheduler
-    work = asyncio.ensure_future(scheduler.transcribe(decoded, options))
-    del decoded  # the scheduler holds the samples only until its sections are decoded
+    if split_channels:
+        work = asyncio.ensure_future(_transcribe_channels(scheduler, decoded, tracks, options, speaker_names))
+    else:
+        work = asyncio.ensure_future(scheduler.transcribe(decoded, options))
+    del decoded, tracks  # the scheduler holds the samples only until its sections are decoded
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -191,7 +211,7 @@ async def transcribe_upload(
             await work
         log.info("client disconnected; its transcription was dropped")
         raise STTError("Client disconnected.", status=499, code="client_closed_request")
-    transcript = work.result()
+    transcript = await _processed(request, work.result(), text)
     del work
     if long_audio:
         await run_in_threadpool(audio_mod.release_memory)  # its samples are free now: hand them back to the OS
@@ -199,6 +219,40 @@ async def transcribe_upload(
     if postprocess:
         result.postprocess = await _postprocess(request, transcript, postprocess, postprocess_prompt)
     return result
+
+
+async def _transcribe_channels(
+    scheduler: Scheduler,
+    decoded: DecodedAudio,
+    tracks: list[np.ndarray],
+    options: TranscribeOptions,
+    names: list[str] | None,
+) -> Transcript:
+    """channels=split: every sounding channel through the scheduler at once (their windows batch together),
+    merged in time order with speakers. A mono upload is one channel; copies of one signal are transcribed once."""
+    if not tracks:  # a mono upload: its one channel is the first speaker's
+        tracks = [decoded.samples]
+    channel_plan = await run_in_threadpool(channels_mod.plan, tracks, names)
+    del tracks
+    if channel_plan.copies:
+        log.info("channels=split: the channels carry the same signal; transcribed once")
+    results = await asyncio.gather(*(
+        scheduler.transcribe(channels_mod.track_audio(samples, decoded), options)
+        for _, samples in channel_plan.tracks
+    ))
+    merged = channels_mod.merge(
+        [(channel, t) for (channel, _), t in zip(channel_plan.tracks, results)], channel_plan.speakers,
+        decoded.duration,
+    )
+    if options.task == "translate" and merged.task != "translate":
+        merged = dataclasses.replace(merged, task="translate")
+    return merged
+
+
+async def _processed(request: Request, transcript: Transcript, text: TextOptions | None) -> Transcript:
+    """The scheduler's transcript after the text processing the request and settings ask for (off the loop)."""
+    state = request.app.state
+    return await run_in_threadpool(finish_transcript, transcript, state.settings, text, getattr(state, "metrics", None))
 
 
 def _finished(request: Request, transcript: Transcript, started: float) -> float:
@@ -212,7 +266,12 @@ def _finished(request: Request, transcript: Transcript, started: float) -> float
 
 
 async def stream_upload(
-    request: Request, upload: UploadFile | None, options: TranscribeOptions, *, final: Callable[[Transcript], dict]
+    request: Request,
+    upload: UploadFile | None,
+    options: TranscribeOptions,
+    *,
+    final: Callable[[Transcript], dict],
+    text: TextOptions | None = None,
 ) -> StreamingResponse:
     """`stream=true`: Server-Sent Events in OpenAI's shape. A `transcript.text.delta` for each run of segments as
     it becomes final (a request's sections are decoded in order, so the first arrive early), then
@@ -248,9 +307,11 @@ async def stream_upload(
                 segments, language = getter.result()
                 delta = _delta(sent, segments, language)
                 sent += delta
+                if text is not None and text.redact:  # nothing unmasked leaves the server, not even early
+                    delta = pii.redact(delta)[0]
                 if delta:
                     yield _sse({"type": "transcript.text.delta", "delta": delta})
-            transcript = work.result()
+            transcript = await _processed(request, work.result(), text)
             _finished(request, transcript, started)
             yield _sse({"type": "transcript.text.done", "text": transcript.text, **final(transcript)})
         except STTError as exc:
@@ -279,6 +340,9 @@ def _sse(event: dict[str, Any]) -> str:
 
 async def _postprocess(request: Request, transcript: Transcript, task: str, prompt: str | None) -> dict[str, Any]:
     """The LLM's result for `task`; a disabled post-processor answers with its own `llm_not_configured` error."""
+    vocabulary = load_vocabulary(request.app.state.settings.vocabulary_file)
+    if task == "correct" and vocabulary.terms:  # the team's spelling of its names and terms
+        prompt = vocabulary.glossary() + (f"\n{prompt}" if prompt and prompt.strip() else "")
     result: dict[str, Any] = await request.app.state.postprocessor.run(
         transcript.text, task, prompt, transcript.language
     )

@@ -24,6 +24,8 @@ from stt_engine.jobs.models import Job, JobStatus, transcript_to_dict
 from stt_engine.jobs.store import JobStore, JobsUnavailable
 from stt_engine.jobs.webhooks import WebhookSender
 from stt_engine.scheduler import Priority, Scheduler
+from stt_engine.textproc import finish_transcript
+from stt_engine.textproc.vocabulary import load_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class JobExecutor:
         self.requeue_hook = requeue
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.stopping = False
+        self.metrics: Any | None = None  # the server's Metrics, when it has them (dropped segments are counted)
 
     async def _scheduler(self) -> Scheduler:
         while (scheduler := self.get_scheduler()) is None:  # the model is still loading
@@ -105,6 +108,11 @@ class JobExecutor:
         if transcript is None:
             log.info("job %s cancelled while running", job.id)
             return
+        try:  # the settings' text processing (filter, vocabulary, numbers, masking), as for a request
+            transcript = await asyncio.to_thread(finish_transcript, transcript, self.settings, metrics=self.metrics)
+        except STTError as exc:
+            await self._finish(job, token, JobStatus.failed, error={"code": exc.code, "message": exc.message})
+            return
         result = transcript_to_dict(transcript)
         # the transcript is stored before post-processing, so that a failing LLM can never cost it
         if not await self._retrying(
@@ -115,8 +123,12 @@ class JobExecutor:
         if job.postprocess:
             postprocessor = self.get_postprocessor()
             try:
+                prompt = job.postprocess_prompt
+                vocabulary = load_vocabulary(self.settings.vocabulary_file)
+                if job.postprocess == "correct" and vocabulary.terms:
+                    prompt = vocabulary.glossary() + (f"\n{prompt}" if prompt and prompt.strip() else "")
                 postprocess_result = await postprocessor.run(
-                    transcript.text, job.postprocess, job.postprocess_prompt, transcript.language
+                    transcript.text, job.postprocess, prompt, transcript.language
                 )
             except Exception as exc:
                 postprocess_result = {"task": job.postprocess, "text": None,

@@ -177,6 +177,7 @@ async def start_jobs(app: Any, settings: Settings) -> JobService:
         run_jobs=not is_redis(settings) or settings.jobs_local_worker,
         registry=app.state.metrics.registry,
     )
+    service.executor.metrics = app.state.metrics
     await service.start()
     return service
 

@@ -1,0 +1,94 @@
+"""The one place a scheduler's `Transcript` becomes what the API returns: filtered, then masked.
+
+Every route and the jobs runner call `finish_transcript`, so a transcript is treated the same wherever it goes
+(formats, post-processing, logs, job results).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from stt_engine.config import Settings
+from stt_engine.engine import Transcript
+from stt_engine.errors import InvalidRequest, quote
+from stt_engine.textproc import numbers, pii
+from stt_engine.textproc.hallucination import DroppedSegment, filter_transcript
+from stt_engine.textproc.vocabulary import correct_transcript, load_vocabulary
+
+
+@dataclass
+class ProcessedTranscript(Transcript):
+    """A transcript after text processing, with the report of what was changed."""
+
+    dropped_segments: list[DroppedSegment] = field(default_factory=list)
+    redactions: dict[str, int] | None = None  # masks by type, when PII masking was asked for
+    original_text: str | None = None  # the unmasked text, only when REDACT_KEEP_ORIGINAL allows it
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """A request's text-processing choices (defaults from the settings)."""
+
+    hallucination_filter: bool = True
+    redact: bool = False
+    keep_original: bool = False
+    normalize_numbers: bool = False
+
+
+def text_options(settings: Settings, *, redact: str | None = None, normalize: str | None = None) -> TextOptions:
+    """A request's choices: its own `redact` (`pii` | `none`) and `normalize` (`numbers` | `none`) values, else
+    the server's defaults."""
+    value = (redact or settings.redact_default).strip().lower()
+    if value not in ("pii", "none"):
+        raise InvalidRequest(f"redact must be 'pii' or 'none', not {quote(redact)}.", param="redact",
+                             code="invalid_redact")
+    norm = (normalize or settings.normalize_default).strip().lower()
+    if norm not in ("numbers", "none"):
+        raise InvalidRequest(f"normalize must be 'numbers' or 'none', not {quote(normalize)}.", param="normalize",
+                             code="invalid_normalize")
+    if norm == "numbers":
+        numbers.check_available()
+    return TextOptions(
+        hallucination_filter=settings.hallucination_filter, redact=value == "pii",
+        keep_original=settings.redact_keep_original, normalize_numbers=norm == "numbers",
+    )
+
+
+def _masked(transcript: Transcript) -> tuple[Transcript, Counter[str]]:
+    text, counts = pii.redact(transcript.text)
+    segments = []
+    for s in transcript.segments:
+        words = s.words
+        if words:
+            masked = pii.redact_words([w.word for w in words])
+            words = [dataclasses.replace(w, word=m) for w, m in zip(words, masked) if m.strip()]
+        segments.append(dataclasses.replace(s, text=pii.redact(s.text)[0], words=words))
+    return dataclasses.replace(transcript, text=text, segments=segments), counts
+
+
+def finish_transcript(
+    transcript: Transcript, settings: Settings, options: TextOptions | None = None, metrics: Any | None = None
+) -> ProcessedTranscript:
+    """Filter invented phrases (when on), correct the team's known misspellings (VOCABULARY_FILE), write numbers
+    (when asked), then mask personal data (when asked); report what was dropped and masked. Blocking (NeMo's
+    grammars): call it off the event loop."""
+    options = options or text_options(settings)
+    extra = str(settings.hallucination_phrases_file) if settings.hallucination_phrases_file else None
+    result, dropped = filter_transcript(transcript, extra_file=extra, enabled=options.hallucination_filter)
+    if dropped and metrics is not None:
+        metrics.observe_dropped_segments(result.language, len(dropped))
+    result = correct_transcript(result, load_vocabulary(settings.vocabulary_file))
+    if options.normalize_numbers:  # before masking: written digits are what the PII patterns read best
+        result = numbers.normalize_transcript(result, settings.normalize_cache_dir or settings.data_dir / "itn")
+    redactions: dict[str, int] | None = None
+    original: str | None = None
+    if options.redact:
+        original = result.text if options.keep_original else None
+        result, counts = _masked(result)
+        redactions = {label: counts.get(label, 0) for label in pii.MASKS}
+        dropped = [dataclasses.replace(d, text=pii.redact(d.text)[0]) for d in dropped]
+    base = {f.name: getattr(result, f.name) for f in dataclasses.fields(Transcript)}
+    return ProcessedTranscript(**base, dropped_segments=dropped, redactions=redactions, original_text=original)
