@@ -35,6 +35,11 @@ _NEAR = 25  # characters before a number in which a bank or account word must ap
 _DIGIT_WORDS = {"공": "0", "영": "0", "일": "1", "이": "2", "삼": "3", "사": "4", "오": "5", "육": "6", "륙": "6",
                 "칠": "7", "팔": "8", "구": "9"}
 _SPOKEN = re.compile(r"(?<![가-힣])[공영일이삼사오육륙칠팔구0-9](?:[\s-]?[공영일이삼사오육륙칠팔구0-9]){8,12}(?![가-힣])")
+# English digits read one by one ("zero one zero, one two three four ...").
+_EN_DIGITS = {"zero": "0", "oh": "0", "o": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+              "six": "6", "seven": "7", "eight": "8", "nine": "9"}
+_EN_WORD = r"\b(?:zero|one|two|three|four|five|six|seven|eight|nine|oh|o|[0-9])\b"
+_SPOKEN_EN = re.compile(rf"\b{_EN_WORD}(?:[\s,.-]+{_EN_WORD}){{8,12}}\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,10 @@ def find_pii(text: str) -> list[Span]:
     for m in _SPOKEN.finditer(text):
         spoken = "".join(_DIGIT_WORDS.get(ch, ch) for ch in m.group() if not ch.isspace() and ch != "-")
         if any(not ch.isdigit() for ch in m.group() if not ch.isspace() and ch != "-") and spoken.startswith("0") and _PHONE.fullmatch(spoken):
+            add(m.start(), m.end(), "PHONE")
+    for m in _SPOKEN_EN.finditer(text):
+        spoken = "".join(_EN_DIGITS.get(w.lower(), w) for w in re.findall(_EN_WORD, m.group(), re.IGNORECASE))
+        if spoken.startswith("0") and _PHONE.fullmatch(spoken):
             add(m.start(), m.end(), "PHONE")
     for m in _ACCOUNT.finditer(text):
         number = _digits(m.group())
