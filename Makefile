@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: serve test install install-test system-deps bench lint clean
+.PHONY: serve test test-fast install install-test system-deps bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ serve: $(VENV)/.installed
 
 test: install-test
 	$(BIN)/python -m pytest
+
+# a quick loop while developing (a few minutes): pure policy, options, engine on real audio, the core API
+test-fast: install-test
+	$(BIN)/python -m pytest -q tests/test_units.py tests/test_scheduler.py tests/test_config.py tests/test_engine.py \
+		tests/test_api_core.py tests/test_streaming.py
 
 bench: $(VENV)/.installed-test
 	$(BIN)/stt-engine bench
