@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import tempfile
 import threading
@@ -32,7 +31,7 @@ from stt_engine.api.errors import error_body
 from stt_engine.audio import DecodedAudio
 from stt_engine.config import Settings
 from stt_engine.engine import Transcript, segment_separator
-from stt_engine.errors import InvalidRequest, NotReady, Overloaded, PayloadTooLarge, STTError
+from stt_engine.errors import InvalidRequest, NotReady, PayloadTooLarge, STTError
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler import Scheduler
 from stt_engine.textproc import TextOptions, finish_transcript, pii
@@ -88,19 +87,9 @@ class _Intake:
 
     @contextlib.contextmanager
     def reserve(self, scheduler: Scheduler, seconds: float) -> Iterator[None]:
-        """Hold room for `seconds` of audio until it is decoded; `Overloaded` (429) when the queue has none."""
-        scheduler.admit(seconds)  # a file that can never fit, or a full scheduler queue
-        waiting = scheduler.queued_requests + self.count
-        queued = scheduler.queued_seconds + self.seconds
-        if waiting >= self.settings.max_queued_requests or (
-            waiting and queued + seconds > self.settings.max_queue_seconds
-        ):
-            retry = max(1, min(120, math.ceil(queued / 10.0)))
-            raise Overloaded(
-                f"The server is busy ({waiting} requests / {queued:.0f} s of audio already queued or being decoded). "
-                f"Retry after {retry} s.",
-                headers={"Retry-After": str(retry)},
-            )
+        """Hold room for `seconds` of audio until it is decoded; the scheduler's admission, counting the uploads
+        still decoding, refuses (429, or 422 for a file that can never fit) when there is none."""
+        scheduler.admit(seconds, pending_requests=self.count, pending_seconds=self.seconds)
         self.seconds += seconds
         self.count += 1
         try:

@@ -129,29 +129,29 @@ class Scheduler:
     def timeout_for(self, duration: float) -> float:
         return self.timeout_base_s + self.timeout_rtf * duration
 
-    def admit(self, duration: float) -> None:
+    def admit(self, duration: float, *, pending_requests: int = 0, pending_seconds: float = 0.0) -> None:
         """Refuse at once what cannot be queued now: 429 with Retry-After when the queue is full, 422 for a file
-        that could never fit (it would lock everyone else out), 503 while shutting down."""
+        that could never fit (it would lock everyone else out), 503 while shutting down. `pending_*` count
+        uploads admitted from their headers but still decoding (not yet queued here)."""
         if duration > self.max_queue_seconds:
             raise AudioTooLong(
                 f"The audio is {duration:.0f} s long; this server queues at most {self.max_queue_seconds:.0f} s of "
                 "audio at a time (MAX_QUEUE_SECONDS). Split the file into shorter parts."
             )
         with self._cond:
-            waiting = sum(1 for t in self._tickets.values() if t.bounded)
-            full = waiting >= self.max_queued_requests or (
-                self._queued_seconds + duration > self.max_queue_seconds
-            )
+            waiting = sum(1 for t in self._tickets.values() if t.bounded) + pending_requests
+            queued = self._queued_seconds + pending_seconds
+            full = waiting >= self.max_queued_requests or queued + duration > self.max_queue_seconds
             if self._stopping:
                 self.stats.rejected += 1
                 raise ShuttingDown("The server is shutting down; retry on another instance.",
                                    headers={"Retry-After": "5"})
             if full:
                 self.stats.rejected += 1
-                retry = self._retry_after()
+                retry = self._retry_after(queued)
                 raise Overloaded(
-                    f"The server is busy ({waiting} requests / {self._queued_seconds:.0f} s of audio "
-                    f"already queued). Retry after {retry} s.",
+                    f"The server is busy ({waiting} requests / {queued:.0f} s of audio already queued or being "
+                    f"decoded). Retry after {retry} s.",
                     headers={"Retry-After": str(retry)},
                 )
 
@@ -231,9 +231,9 @@ class Scheduler:
         self._prep.shutdown(wait=False, cancel_futures=True)
 
     # --- bookkeeping (under the lock) ---------------------------------------------------------------------
-    def _retry_after(self) -> int:
+    def _retry_after(self, queued: float) -> int:
         """Seconds until the queue has likely drained somewhat: queued audio over a conservative speed."""
-        return max(1, min(120, math.ceil(self._queued_seconds / (10.0 * max(1, self.engine.workers)))))
+        return max(1, min(120, math.ceil(queued / (10.0 * max(1, self.engine.workers)))))
 
     def _enqueue(self, ticket: _Ticket, job: Job) -> None:
         finished = False
