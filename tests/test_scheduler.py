@@ -21,7 +21,9 @@ from stt_engine.engine.job import HOP
 from stt_engine.errors import RequestTimeout, ShuttingDown, TranscriptionFailed
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler import Priority, Scheduler
-from stt_engine.scheduler.policy import Candidate, Turn, fair_share, pick_batch, run_solo
+from stt_engine.scheduler.policy import (
+    STARVE_AFTER_SECONDS, Candidate, Priority, Turn, effective_priority, fair_share, pick_batch, run_solo,
+)
 
 EN = TranscribeOptions(language="en")
 
@@ -203,3 +205,16 @@ def test_fair_share_spreads_one_request_over_idle_workers() -> None:
     assert fair_share(ready=4, batch_size=8, idle_workers=2) == 2
     assert fair_share(ready=1, batch_size=8, idle_workers=2) == 1
     assert fair_share(ready=40, batch_size=8, idle_workers=1) == 8
+
+
+def test_a_request_waiting_too_long_moves_up_so_live_sessions_never_stop_files() -> None:
+    """Live before files before jobs, but not for ever: each STARVE_AFTER_SECONDS unserved lifts one level."""
+    assert effective_priority(Priority.FILE, 0.5) == Priority.FILE
+    assert effective_priority(Priority.FILE, STARVE_AFTER_SECONDS) == Priority.LIVE
+    assert effective_priority(Priority.JOB, STARVE_AFTER_SECONDS) == Priority.FILE
+    assert effective_priority(Priority.JOB, 5 * STARVE_AFTER_SECONDS) == Priority.LIVE
+    live, file = Candidate(1, 0, "k"), Candidate(2, 0, "k")
+    fresh = [Turn(1, Priority.LIVE, last_served=9, seq=1), Turn(2, Priority.FILE, last_served=3, seq=2)]
+    assert pick_batch([live, file], fresh, 1) == [live]
+    starved = [fresh[0], Turn(2, effective_priority(Priority.FILE, STARVE_AFTER_SECONDS), last_served=3, seq=2)]
+    assert pick_batch([live, file], starved, 1) == [file]  # same level now, and served less recently

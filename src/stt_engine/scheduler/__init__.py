@@ -28,7 +28,9 @@ from stt_engine.audio import DecodedAudio
 from stt_engine.engine import Engine, Job, Stream, Transcript
 from stt_engine.errors import AudioTooLong, Overloaded, RequestTimeout, ShuttingDown, STTError, TranscriptionFailed
 from stt_engine.options import TranscribeOptions
-from stt_engine.scheduler.policy import Candidate, Priority, Turn, fair_share, pick_batch, run_solo
+from stt_engine.scheduler.policy import (
+    Candidate, Priority, Turn, effective_priority, fair_share, pick_batch, run_solo,
+)
 
 __all__ = ["Priority", "Scheduler", "SchedulerStats"]
 
@@ -71,6 +73,7 @@ class _Ticket:
     on_segments: SegmentsCallback | None = None
     job: Job | None = None  # None while VAD runs
     admitted_at: float = field(default_factory=time.monotonic)
+    served_at: float = field(default_factory=time.monotonic)  # when a window of it last started (else admission)
     queue_wait: float | None = None
     last_served: int = -1
     finishing: bool = False
@@ -271,6 +274,7 @@ class Scheduler:
         candidates: list[Candidate] = []
         turns: list[Turn] = []
         streams: dict[tuple[int, int], Stream] = {}
+        now = time.monotonic()
         for ticket in self._tickets.values():
             job = ticket.job
             if job is None or ticket.finishing:
@@ -285,7 +289,8 @@ class Scheduler:
                 candidates.append(Candidate(ticket.seq, stream.index, key))
                 streams[(ticket.seq, stream.index)] = stream
             if ready:
-                turns.append(Turn(ticket.seq, ticket.priority, ticket.last_served, ticket.seq))
+                priority = effective_priority(ticket.priority, now - ticket.served_at)
+                turns.append(Turn(ticket.seq, priority, ticket.last_served, ticket.seq))
         return candidates, turns, streams
 
     def _take_batch(self) -> tuple[list[Stream], bool] | None:
@@ -312,6 +317,7 @@ class Scheduler:
             stream.in_flight = True
             ticket = self._tickets[candidate.ticket]
             ticket.last_served = next(self._tick)
+            ticket.served_at = now
             if ticket.queue_wait is None:
                 ticket.queue_wait = now - ticket.admitted_at
                 self.stats.queue_wait_seconds.append(ticket.queue_wait)

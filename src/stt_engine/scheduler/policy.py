@@ -4,7 +4,9 @@ Who goes next: live sessions before interactive files before background jobs (`P
 round-robin over requests, so a 10 s clip waits for one window of a one-hour file that came first, not for all of
 them. What goes together: only windows with equal batch keys (every decoding option but the language), and a
 warm-up never with anyone. How many: a worker takes its fair share of what is ready, so one long request still
-spreads over every idle worker.
+spreads over every idle worker. Priorities are not absolute: a request that has waited `STARVE_AFTER_SECONDS` since
+it was last served moves up a level (`effective_priority`), so a flood of live sessions slows files and jobs down
+but never stops them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ class Priority(IntEnum):
     JOB = 0
     FILE = 1
     LIVE = 2
+
+
+STARVE_AFTER_SECONDS = 10.0
+
+
+def effective_priority(priority: int, waited: float, starve_after: float = STARVE_AFTER_SECONDS) -> int:
+    """A request's priority after waiting `waited` seconds unserved: one level up per `starve_after` seconds, at most
+    live's. Within a level, round-robin then serves the one served least recently first."""
+    return min(int(Priority.LIVE), priority + int(max(0.0, waited) // starve_after))
 
 
 @dataclass(frozen=True)
