@@ -8,8 +8,11 @@ merged in time order. A silent channel costs nothing (it is not sent), and chann
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import av
@@ -19,6 +22,9 @@ from faster_whisper.transcribe import Segment
 from stt_engine.audio import SAMPLE_RATE, DecodedAudio
 from stt_engine.engine import Transcript
 from stt_engine.engine.assemble import join_segments
+from stt_engine.options import TranscribeOptions
+
+log = logging.getLogger(__name__)
 
 SILENT_RMS = 1e-4  # about -80 dBFS: digital silence or a muted line
 IDENTICAL_RESIDUAL = 0.01  # energy of the difference relative to the signal's: copies, maybe re-encoded
@@ -135,3 +141,39 @@ def merge(results: list[tuple[int, Transcript]], speakers: list[str], duration: 
             (t.queue_wait_seconds for _, t in results if t.queue_wait_seconds is not None), default=None
         ),
     )
+
+
+async def transcribe_split(
+    decoded: DecodedAudio,
+    tracks: list[np.ndarray],
+    options: TranscribeOptions,
+    names: list[str] | None,
+    transcribe: Callable[[DecodedAudio], Awaitable[Transcript]],
+) -> Transcript:
+    """channels=split, for the routes and the jobs runner alike: every sounding channel through `transcribe` (the
+    caller's scheduler call, at its priority) at once, so their windows batch together; merged in time order with
+    speakers. `tracks` are the channels from `decode_channels`; empty for a mono upload, which is then one channel.
+
+    When one channel fails, or the caller is cancelled, the other channels' work is dropped too (a plain gather would
+    leave it running in the scheduler for nobody)."""
+    if not tracks:  # a mono upload: its one channel is the first speaker's
+        tracks = [decoded.samples]
+    channel_plan = await asyncio.to_thread(plan, tracks, names)
+    del tracks
+    if channel_plan.copies:
+        log.info("channels=split: the channels carry the same signal; transcribed once")
+    work = [asyncio.ensure_future(transcribe(track_audio(samples, decoded))) for _, samples in channel_plan.tracks]
+    try:
+        results = await asyncio.gather(*work)
+    except BaseException:
+        for task in work:
+            task.cancel()
+        await asyncio.gather(*work, return_exceptions=True)
+        raise
+    merged = merge(
+        [(channel, t) for (channel, _), t in zip(channel_plan.tracks, results)], channel_plan.speakers,
+        decoded.duration,
+    )
+    if options.task == "translate" and merged.task != "translate":
+        merged = dataclasses.replace(merged, task="translate")
+    return merged

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -99,15 +98,19 @@ class _Intake:
             self.count -= 1
 
 
-async def _decode_admitted(request: Request, scheduler: Scheduler, settings: Settings, path: str) -> DecodedAudio:
+async def _decode_admitted(
+    request: Request, scheduler: Scheduler, settings: Settings, path: str, *, split: bool = False
+) -> DecodedAudio:
     """Read the header, take queue room for the length it states, then decode; refusals come before the work.
 
+    With `split` (channels=split) every channel is queued on its own, so the room taken is channels × length.
     Decoding stops at MAX_AUDIO_SECONDS whatever the header said, and when the client goes away.
     """
     intake = _Intake.of(request)
     source = await run_in_threadpool(audio_mod.open_audio, path, max_seconds=settings.max_audio_seconds)
     try:
-        with intake.reserve(scheduler, source.length_seconds or 0.0):
+        seconds = (source.length_seconds or 0.0) * (max(1, source.channels) if split else 1)
+        with intake.reserve(scheduler, seconds):
             stop = threading.Event()
             watcher = asyncio.ensure_future(_wait_for_disconnect(request))
             watcher.add_done_callback(lambda _: stop.set())
@@ -156,7 +159,7 @@ async def receive_audio(
         raise NotReady("The model is still loading; retry in a few seconds.", headers={"Retry-After": "5"})
     scheduler.admit(0.0)  # a full queue answers 429 before we spend time storing the upload
     async with stored_upload(upload, settings) as path:
-        decoded = await _decode_admitted(request, scheduler, settings, path)
+        decoded = await _decode_admitted(request, scheduler, settings, path, split=channels_out is not None)
         if channels_out is not None and decoded.source_channels > 1:
             channels_out.extend(
                 await run_in_threadpool(channels_mod.decode_channels, path, max_seconds=settings.max_audio_seconds)
@@ -185,7 +188,9 @@ async def transcribe_upload(
     long_audio = decoded.duration > 30
     scheduler: Scheduler = request.app.state.scheduler
     if split_channels:
-        work = asyncio.ensure_future(_transcribe_channels(scheduler, decoded, tracks, options, speaker_names))
+        work = asyncio.ensure_future(channels_mod.transcribe_split(
+            decoded, tracks, options, speaker_names, lambda audio: scheduler.transcribe(audio, options)
+        ))
     else:
         work = asyncio.ensure_future(scheduler.transcribe(decoded, options))
     del decoded, tracks  # the scheduler holds the samples only until its sections are decoded
@@ -208,34 +213,6 @@ async def transcribe_upload(
     if postprocess:
         result.postprocess = await _postprocess(request, transcript, postprocess, postprocess_prompt)
     return result
-
-
-async def _transcribe_channels(
-    scheduler: Scheduler,
-    decoded: DecodedAudio,
-    tracks: list[np.ndarray],
-    options: TranscribeOptions,
-    names: list[str] | None,
-) -> Transcript:
-    """channels=split: every sounding channel through the scheduler at once (their windows batch together),
-    merged in time order with speakers. A mono upload is one channel; copies of one signal are transcribed once."""
-    if not tracks:  # a mono upload: its one channel is the first speaker's
-        tracks = [decoded.samples]
-    channel_plan = await run_in_threadpool(channels_mod.plan, tracks, names)
-    del tracks
-    if channel_plan.copies:
-        log.info("channels=split: the channels carry the same signal; transcribed once")
-    results = await asyncio.gather(*(
-        scheduler.transcribe(channels_mod.track_audio(samples, decoded), options)
-        for _, samples in channel_plan.tracks
-    ))
-    merged = channels_mod.merge(
-        [(channel, t) for (channel, _), t in zip(channel_plan.tracks, results)], channel_plan.speakers,
-        decoded.duration,
-    )
-    if options.task == "translate" and merged.task != "translate":
-        merged = dataclasses.replace(merged, task="translate")
-    return merged
 
 
 async def _processed(request: Request, transcript: Transcript, text: TextOptions | None) -> Transcript:
