@@ -15,14 +15,25 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from stt_engine import audio as audio_mod
-from stt_engine.api.routes import FileField, model_languages, parse_format
+from stt_engine.api.routes import (
+    ChannelsField,
+    FileField,
+    NormalizeField,
+    RedactField,
+    SpeakerNamesField,
+    _names,
+    _split_channels,
+    model_languages,
+    parse_format,
+)
 from stt_engine.api.transcription import stored_upload
 from stt_engine.errors import InvalidRequest, STTError
-from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render
+from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render, text_report
 from stt_engine.jobs.models import Job, JobStatus, new_job_id, options_to_dict, owner_of, transcript_from_dict
 from stt_engine.jobs.service import JobService
 from stt_engine.jobs.webhooks import validate_webhook_url
 from stt_engine.options import build_options
+from stt_engine.textproc import text_options
 
 router = APIRouter(tags=["jobs"])
 
@@ -86,6 +97,10 @@ async def create_job(
     hotwords: Annotated[str | None, Form()] = None,
     postprocess: Annotated[str | None, Form()] = None,
     postprocess_prompt: Annotated[str | None, Form()] = None,
+    redact: RedactField = None,
+    normalize: NormalizeField = None,
+    channels: ChannelsField = None,
+    known_speaker_names: SpeakerNamesField = None,
     webhook_url: Annotated[str | None, Form(description="POSTed {id, status} when the job finishes")] = None,
     webhook_secret: Annotated[str | None, Form(description="Signs each delivery (X-STT-Signature)")] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
@@ -98,6 +113,8 @@ async def create_job(
     options = build_options(
         settings, model_languages(request), language=language, prompt=prompt, temperature=temperature, word_timestamps=words, hotwords=hotwords
     )
+    text = text_options(settings, redact=redact, normalize=normalize)  # as the sync routes check them
+    split = _split_channels(settings, channels, stream=False)
     if postprocess:
         request.app.state.postprocessor.validate(postprocess, postprocess_prompt)
     if file is None or isinstance(file, str):
@@ -124,7 +141,9 @@ async def create_job(
             id=job_id, owner=owner, filename=filename, audio_path=f"{job_id}/upload", duration=decoded.duration,
             options=options_to_dict(options), include_words=words, postprocess=postprocess or None,
             postprocess_prompt=postprocess_prompt, webhook_url=webhook, webhook_secret=webhook_secret or None,
-            idempotency_key=key,
+            idempotency_key=key, redact="pii" if text.redact else "none",
+            normalize="numbers" if text.normalize_numbers else "none", channels="split" if split else "mix",
+            known_speaker_names=_names(known_speaker_names),
         )
         del decoded
         stored, created = await service.submit(job)
@@ -153,14 +172,19 @@ async def get_job_result(
     if job.status != JobStatus.completed.value or job.result is None:
         raise JobNotReady(f"Job '{job_id}' is {job.status}; its result exists once it is completed.",
                           headers={"Retry-After": "5"} if job.status in ("queued", "processing") else None)
-    body = render(transcript_from_dict(job.result), fmt, include_words=job.include_words)
+    transcript = transcript_from_dict(job.result)
+    body = render(transcript, fmt, include_words=job.include_words)
     if isinstance(body, dict):
-        if fmt is ResponseFormat.verbose_json or job.postprocess_result is not None:
+        if fmt in (ResponseFormat.verbose_json, ResponseFormat.diarized_json) or job.postprocess_result is not None:
             body.setdefault("language", job.result["language"])
         if job.postprocess_result is not None:
             body["postprocess"] = job.postprocess_result
         return JSONResponse(body)
-    return PlainTextResponse(body, media_type=MEDIA_TYPES[fmt])
+    headers = {}
+    redactions = text_report(transcript).get("redactions")
+    if redactions is not None:  # the text formats carry the mask counts in a header, as the sync routes do
+        headers["X-Redactions"] = ",".join(f"{k}={v}" for k, v in redactions.items())
+    return PlainTextResponse(body, media_type=MEDIA_TYPES[fmt], headers=headers)
 
 
 @router.get("/v1/jobs", summary="This caller's jobs, newest first (cursor: after=<last id>)")

@@ -12,8 +12,11 @@ from typing import Any
 
 from faster_whisper.transcribe import Segment, Word
 
+from stt_engine.channels import SpeakerSegment
 from stt_engine.engine import TranscribeOptions, Transcript
 from stt_engine.formats import ResponseFormat, render
+from stt_engine.textproc import ProcessedTranscript
+from stt_engine.textproc.hallucination import DroppedSegment
 
 
 class JobStatus(str, Enum):
@@ -61,6 +64,12 @@ class Job:
     include_words: bool = False
     postprocess: str | None = None
     postprocess_prompt: str | None = None
+    # The call-centre choices, resolved against the settings when the job was accepted, so that it runs as accepted.
+    # None in records from before they existed: then the settings' redact/normalize defaults apply, and channels mix.
+    redact: str | None = None  # pii | none
+    normalize: str | None = None  # numbers | none
+    channels: str | None = None  # split | mix
+    known_speaker_names: list[str] | None = None
     webhook_url: str | None = None
     webhook_secret: str | None = None
     idempotency_key: str | None = None
@@ -102,6 +111,10 @@ class Job:
                 "seconds_total": round(self.duration, 3),
                 "fraction": round(min(1.0, self.progress_seconds / self.duration), 4) if self.duration else 0.0,
             },
+            "redact": self.redact,
+            "normalize": self.normalize,
+            "channels": self.channels or "mix",
+            "known_speaker_names": self.known_speaker_names,
             "attempts": self.attempts,
             "error": self.error,
             "webhook": {"url": self.webhook_url, "status": self.webhook_status, "attempts": self.webhook_attempts}
@@ -123,8 +136,9 @@ def options_to_dict(options: TranscribeOptions) -> dict[str, Any]:
 
 
 def transcript_to_dict(t: Transcript) -> dict[str, Any]:
-    """Every field `formats.render` reads, words included, so any format can be produced later."""
-    return {
+    """Every field `formats.render` reads, words, speakers and the text-processing report included, so any format
+    can be produced later exactly as the sync routes produce it."""
+    data: dict[str, Any] = {
         "text": t.text,
         "language": t.language,
         "language_probability": float(t.language_probability),
@@ -142,18 +156,37 @@ def transcript_to_dict(t: Transcript) -> dict[str, Any]:
                     for w in s.words
                 ],
             }
+            | ({"speaker": s.speaker, "channel": s.channel} if getattr(s, "speaker", None) is not None else {})
             for s in t.segments
         ],
     }
+    if isinstance(t, ProcessedTranscript):
+        data["dropped_segments"] = [d.as_dict() for d in t.dropped_segments]
+        data["redactions"] = t.redactions
+        data["original_text"] = t.original_text
+    return data
 
 
 def transcript_from_dict(data: dict[str, Any]) -> Transcript:
     segments = [
-        Segment(**{**s, "words": None if s.get("words") is None else [Word(**w) for w in s["words"]]})
+        (SpeakerSegment if s.get("speaker") is not None else Segment)(
+            **{**s, "words": None if s.get("words") is None else [Word(**w) for w in s["words"]]}
+        )
         for s in data["segments"]
     ]
-    return Transcript(
+    base = Transcript(
         text=data["text"], language=data["language"], language_probability=data["language_probability"],
         duration=data["duration"], duration_after_vad=data["duration_after_vad"], segments=segments,
         task=data.get("task", "transcribe"),
+    )
+    if "dropped_segments" not in data:  # a result stored before the report was kept
+        return base
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(Transcript)}
+    return ProcessedTranscript(
+        **fields,
+        dropped_segments=[
+            DroppedSegment(d["id"], d["start"], d["end"], d["text"], tuple(d["reasons"]))
+            for d in data["dropped_segments"]
+        ],
+        redactions=data.get("redactions"), original_text=data.get("original_text"),
     )

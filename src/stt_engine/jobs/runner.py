@@ -17,14 +17,17 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from stt_engine import audio as audio_mod
+from stt_engine import channels as channels_mod
 from stt_engine.config import Settings
 from stt_engine.errors import Overloaded, STTError
 from stt_engine.jobs.models import Job, JobStatus, transcript_to_dict
 from stt_engine.jobs.store import JobStore, JobsUnavailable
 from stt_engine.jobs.webhooks import WebhookSender
 from stt_engine.scheduler import Priority, Scheduler
-from stt_engine.textproc import finish_transcript
+from stt_engine.textproc import finish_transcript, text_options
 from stt_engine.textproc.vocabulary import load_vocabulary
 
 log = logging.getLogger(__name__)
@@ -88,11 +91,13 @@ class JobExecutor:
             self.running.pop(job.id, None)
 
     async def _run(self, job: Job, token: str) -> None:
+        path, limit = self.storage / job.audio_path, self.settings.max_audio_seconds
         try:
-            decoded = await asyncio.to_thread(
-                audio_mod.decode, self.storage / job.audio_path, max_seconds=self.settings.max_audio_seconds
-            )
-            transcript = await self._transcribe(job, token, decoded)
+            decoded = await asyncio.to_thread(audio_mod.decode, path, max_seconds=limit)
+            tracks: list[np.ndarray] = []  # channels=split: each channel of a multi-channel upload, as the routes decode them
+            if job.channels == "split" and decoded.source_channels > 1:
+                tracks = await asyncio.to_thread(channels_mod.decode_channels, path, max_seconds=limit)
+            transcript = await self._transcribe(job, token, decoded, tracks)
         except STTError as exc:
             await self._finish(job, token, JobStatus.failed, error={"code": exc.code, "message": exc.message})
             return
@@ -108,8 +113,9 @@ class JobExecutor:
         if transcript is None:
             log.info("job %s cancelled while running", job.id)
             return
-        try:  # the settings' text processing (filter, vocabulary, numbers, masking), as for a request
-            transcript = await asyncio.to_thread(finish_transcript, transcript, self.settings, metrics=self.metrics)
+        try:  # the job's text processing (filter, vocabulary, numbers, masking), as for a request
+            text = text_options(self.settings, redact=job.redact, normalize=job.normalize)
+            transcript = await asyncio.to_thread(finish_transcript, transcript, self.settings, text, self.metrics)
         except STTError as exc:
             await self._finish(job, token, JobStatus.failed, error={"code": exc.code, "message": exc.message})
             return
@@ -135,23 +141,31 @@ class JobExecutor:
                                       "error": {"code": "postprocess_failed", "message": str(exc)}}
         await self._finish(job, token, JobStatus.completed, postprocess_result=postprocess_result)
 
-    async def _transcribe(self, job: Job, token: str, decoded: audio_mod.DecodedAudio) -> Any:
-        """The transcript, or None when the job was cancelled (or taken over) meanwhile."""
+    async def _transcribe(
+        self, job: Job, token: str, decoded: audio_mod.DecodedAudio, tracks: list[np.ndarray]
+    ) -> Any:
+        """The transcript, or None when the job was cancelled (or taken over) meanwhile. With channels=split, each
+        channel goes through the scheduler at job priority and the results are merged with speakers, as the routes
+        do it (`channels.transcribe_split`)."""
         scheduler = await self._scheduler()
+        options = job.transcribe_options
         done_seconds = [0.0]
 
         def on_segments(segments: list[Any], language: str | None) -> None:  # a worker thread: record the figure
-            if segments:
+            if segments:  # with channels split, the furthest any channel has got
                 done_seconds[0] = max(done_seconds[0], float(segments[-1].end))
+
+        def transcribe(audio: audio_mod.DecodedAudio) -> Awaitable[Any]:
+            # behind live and interactive work; bounded by JOBS_CONCURRENCY and the job store, not by the
+            # interactive queue's limits or its request timeout (a job may take as long as it takes)
+            return scheduler.transcribe(
+                audio, options, priority=Priority.JOB, on_segments=on_segments, timed=False, bounded=False
+            )
 
         while True:
             work = asyncio.ensure_future(
-                # behind live and interactive work; bounded by JOBS_CONCURRENCY and the job store, not by the
-                # interactive queue's limits or its request timeout (a job may take as long as it takes)
-                scheduler.transcribe(
-                    decoded, job.transcribe_options, priority=Priority.JOB, on_segments=on_segments, timed=False,
-                    bounded=False,
-                )
+                channels_mod.transcribe_split(decoded, tracks, options, job.known_speaker_names, transcribe)
+                if job.channels == "split" else transcribe(decoded)
             )
             reported = 0.0
             try:
