@@ -17,7 +17,7 @@ from stt_engine.jobs.models import Job, transcript_from_dict, transcript_to_dict
 from stt_engine.jobs.store import SQLiteJobStore
 from stt_engine.textproc import ProcessedTranscript
 from tests.jobs_support import Proc, RedisServer, start_server, submit, wait_status
-from tests.support import clip, error_rate
+from tests.support import clip, error_rate, post_audio, running_server
 
 LEFT = "ko/ett_pma00031.wav"  # speaker pma (F), from 0 s
 RIGHT = "ko/ett_kih00108.wav"  # speaker kih (M), from 3 s
@@ -49,16 +49,23 @@ def _job_count(server: Proc) -> int:
     return len(httpx.get(server.base + "/v1/jobs", params={"limit": 100}, timeout=10).json()["data"])
 
 
-def test_stereo_call_job_has_speakers_in_every_format(server: Proc, tmp_path: Path) -> None:
-    left, right = clip(LEFT), clip(RIGHT)
-    call = tmp_path / "call.wav"  # built as tests/test_channels.py builds it: left from 0 s, right from 3 s
+@pytest.fixture(scope="module")
+def call(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 13 s stereo call built as tests/test_channels.py builds it: LEFT from 0 s, RIGHT from 3 s."""
+    out = tmp_path_factory.mktemp("calls") / "call.wav"
     subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-y", "-i", str(left.path), "-i", str(right.path), "-filter_complex",
+        ["ffmpeg", "-loglevel", "error", "-y", "-i", str(clip(LEFT).path), "-i", str(clip(RIGHT).path),
+         "-filter_complex",
          "[0:a]aresample=16000,aformat=channel_layouts=mono,apad=whole_dur=13[l];"
          "[1:a]aresample=16000,aformat=channel_layouts=mono,adelay=3000:all=1[r];"
-         "[l][r]amerge=inputs=2,aformat=channel_layouts=stereo[a]", "-map", "[a]", "-ar", "16000", str(call)],
+         "[l][r]amerge=inputs=2,aformat=channel_layouts=stereo[a]", "-map", "[a]", "-ar", "16000", str(out)],
         check=True,
     )
+    return out
+
+
+def test_stereo_call_job_has_speakers_in_every_format(server: Proc, call: Path) -> None:
+    left, right = clip(LEFT), clip(RIGHT)
     r = submit(server.base, call, language="ko", channels="split", **{"known_speaker_names[]": NAMES})
     assert r.status_code == 202, r.text
     accepted = r.json()
@@ -112,6 +119,16 @@ def test_invalid_option_is_refused_before_any_job(server: Proc, field: str, valu
     assert r.status_code == sync.status_code == 400, r.text
     assert r.json()["error"]["param"] == field and r.json()["error"]["code"] == sync.json()["error"]["code"]
     assert _job_count(server) == before
+
+
+def test_split_is_admitted_as_channels_times_length(call: Path) -> None:
+    """The sync route's intake counts a split call's every channel: 2 × 13 s can never fit a 20 s queue (each channel
+    is queued on its own, all at once), so it is refused up front, while the same call mixed (13 s) is served."""
+    with running_server({"MAX_QUEUE_SECONDS": "20"}) as base:
+        split = post_audio(base, "/v1/audio/transcriptions", call, language="ko", channels="split")
+        assert split.status_code == 422 and split.json()["error"]["code"] == "audio_too_long", split.text
+        mixed = post_audio(base, "/v1/audio/transcriptions", call, language="ko", channels="mix")
+        assert mixed.status_code == 200, mixed.text
 
 
 def test_normalize_numbers_job(server: Proc) -> None:
