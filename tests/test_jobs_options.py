@@ -24,7 +24,7 @@ RIGHT = "ko/ett_kih00108.wav"  # speaker kih (M), from 3 s
 NAMES = ["상담원", "고객"]
 CER_BOUND = 0.3  # as for the files alone (tests/test_channels.py)
 FINISHED = {"completed", "failed", "cancelled"}
-SPOKEN = "십오 킬로그램"  # what RIGHT says (NeMo reads it with the space); Whisper base writes "15kg"
+SPOKEN = "십오킬로그램"  # what RIGHT says (its spoken-form reference); Whisper base writes "15kg"
 
 
 @pytest.fixture(scope="module")
