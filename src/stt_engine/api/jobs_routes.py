@@ -26,7 +26,7 @@ from stt_engine.api.routes import (
     model_languages,
     parse_format,
 )
-from stt_engine.api.transcription import stored_upload
+from stt_engine.api.transcription import decoding_slot, stored_upload
 from stt_engine.errors import InvalidRequest, STTError
 from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render, text_report
 from stt_engine.jobs.models import Job, JobStatus, new_job_id, options_to_dict, owner_of, transcript_from_dict
@@ -133,19 +133,20 @@ async def create_job(
     filename = (file.filename or "audio").rsplit("/", 1)[-1][:200]
     try:
         async with stored_upload(file, settings) as path:
-            decoded = await run_in_threadpool(audio_mod.decode, path, max_seconds=settings.max_audio_seconds)
+            async with decoding_slot(request):  # checked whole, as the runner will read it; the samples are let go
+                duration = (await run_in_threadpool(audio_mod.decode, path, max_seconds=settings.max_audio_seconds)
+                            ).duration
             await run_in_threadpool(folder.mkdir, parents=True, exist_ok=True)
             await run_in_threadpool(shutil.move, path, folder / "upload")
-        request.state.audio_seconds = decoded.duration
+        request.state.audio_seconds = duration
         job = Job(
-            id=job_id, owner=owner, filename=filename, audio_path=f"{job_id}/upload", duration=decoded.duration,
+            id=job_id, owner=owner, filename=filename, audio_path=f"{job_id}/upload", duration=duration,
             options=options_to_dict(options), include_words=words, postprocess=postprocess or None,
             postprocess_prompt=postprocess_prompt, webhook_url=webhook, webhook_secret=webhook_secret or None,
             idempotency_key=key, redact="pii" if text.redact else "none",
             normalize="numbers" if text.normalize_numbers else "none", channels="split" if split else "mix",
             known_speaker_names=_names(known_speaker_names),
         )
-        del decoded
         stored, created = await service.submit(job)
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, folder, True)

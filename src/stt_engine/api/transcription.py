@@ -98,6 +98,11 @@ class _Intake:
             self.count -= 1
 
 
+def decoding_slot(request: Request) -> asyncio.Semaphore:
+    """The MAX_CONCURRENT_DECODES bound, shared by every upload that is decoded (transcriptions and job intake)."""
+    return _Intake.of(request).decoding
+
+
 async def _decode_admitted(
     request: Request, scheduler: Scheduler, settings: Settings, path: str, *, split: bool = False
 ) -> DecodedAudio:
