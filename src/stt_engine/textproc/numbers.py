@@ -11,6 +11,7 @@ import dataclasses
 import importlib.util
 import logging
 import threading
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ def _normalizer(language: str, cache_dir: Path | None) -> Any:
         return _normalizers[language]
 
 
+@lru_cache(maxsize=4096)  # a stream re-reads the segments final so far after each batch
 def normalize_text(text: str, language: str, cache_dir: Path | None = None) -> str:
     if not text.strip():
         return text
