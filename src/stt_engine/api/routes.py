@@ -212,14 +212,14 @@ def _no_postprocess_when_streaming(postprocess: str | None) -> None:
         )
 
 
-def _stream_done(t: Transcript, fmt: ResponseFormat, split: bool, words: bool) -> dict[str, Any]:
-    """What a stream's `transcript.text.done` adds to the text: the mask report, and with channels=split the
-    speaker-labelled segments of the formats that have segments."""
+def _stream_done(t: Transcript, fmt: ResponseFormat, words: bool) -> dict[str, Any]:
+    """What a stream's `transcript.text.done` adds to the text: the mask report and, for the formats whose response
+    has them, the segments (with speakers for channels=split), words and `dropped_segments`."""
     body = text_report(t)
-    if split and fmt in (ResponseFormat.diarized_json, ResponseFormat.verbose_json):
+    if fmt in (ResponseFormat.diarized_json, ResponseFormat.verbose_json):
         rendered = render(t, fmt, include_words=words)
         assert isinstance(rendered, dict)
-        body["segments"] = rendered["segments"]
+        body |= {k: rendered[k] for k in ("segments", "words", "dropped_segments") if k in rendered}
     return body
 
 
@@ -271,7 +271,7 @@ async def _openai_audio(
     if stream:
         _no_postprocess_when_streaming(postprocess)
         return await stream_upload(
-            request, file, options, final=lambda t: _stream_done(t, fmt, split, words), text=text,
+            request, file, options, final=lambda t: _stream_done(t, fmt, words), text=text,
             split_channels=split, speaker_names=_names(known_speaker_names),
             segment_events=fmt is ResponseFormat.diarized_json,
         )
