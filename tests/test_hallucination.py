@@ -151,22 +151,27 @@ def test_music_after_speech_phrase_dropped_and_listed(novad_server: str, tmp_pat
     assert 'stt_hallucinated_segments_dropped_total{language="ko"}' in metrics
 
 
-def test_stream_never_sends_what_the_filter_drops(novad_server: str, tmp_path: Path) -> None:
-    """The same call streamed: the deltas are the filtered text's pieces, so what the done event lists as dropped
-    was never sent, and the deltas add up to the done text."""
-    speech = clip("ko/ett_pma00031.wav")
-    response = post_audio(novad_server, "/v1/audio/transcriptions", _caller_then_music(tmp_path), language="ko",
-                          response_format="verbose_json", stream="true")
+def _streamed(base: str, audio: Path) -> tuple[list[str], dict]:
+    """The deltas and the done event of `audio` streamed as verbose_json (the done event lists what was dropped)."""
+    response = post_audio(base, "/v1/audio/transcriptions", audio, language="ko", response_format="verbose_json",
+                          stream="true")
     assert response.status_code == 200, response.text
     events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
-    done = events[-1]
-    assert done["type"] == "transcript.text.done", events
-    deltas = [e["delta"] for e in events if e["type"] == "transcript.text.delta"]
+    assert events[-1]["type"] == "transcript.text.done", events
+    return [e["delta"] for e in events if e["type"] == "transcript.text.delta"], events[-1]
+
+
+def test_stream_never_sends_what_the_filter_drops(novad_server: str, tmp_path: Path) -> None:
+    """The music call streamed: the deltas are the filtered text's pieces, so whatever the done event lists as
+    dropped was never sent, and the deltas add up to the done text. What is invented over the music varies between
+    runs (the decoder samples there), and a stream, decoded in order from a short first section, invents something
+    listed in about 3 runs of 5; test_streaming.py checks the same rule on fixed segments every time."""
+    speech = clip("ko/ett_pma00031.wav")
+    deltas, done = _streamed(novad_server, _caller_then_music(tmp_path))
     sent = "".join(deltas)
     print(f"deltas {deltas}; dropped {[(d['text'], d['reasons']) for d in done['dropped_segments']]}")
     assert sent == done["text"], (deltas, done["text"])
-    assert done["dropped_segments"], done  # what was invented over the music (varies between runs) ...
-    for d in done["dropped_segments"]:  # ... never went out
+    for d in done["dropped_segments"]:
         assert compact(d["text"]) not in compact(sent), (d, deltas)
     assert error_rate(done["segments"][0]["text"], speech) < 0.3
 

@@ -143,3 +143,13 @@ def test_a_loop_is_held_back_until_it_ends() -> None:
     segments = [_seg(0, 0.0, 5.0, "우리 고향에서는 여우비라고 했어요."), *loop, _seg(5, 12.0, 14.0, "네.")]
     deltas, final = _streamed(segments, [1, 1, 1, 1, 1, 1], 14.0)
     assert "".join(deltas) == final.text and "노래" not in final.text, (deltas, final.text)
+
+
+def test_confident_speech_goes_out_at_once_doubtful_waits() -> None:
+    """A confident segment is kept wherever it stands, so it is sent with its own batch; a doubtful one waits for
+    the next segment, which decides whether it stands at a speech edge."""
+    clear = [_seg(0, 0.0, 3.0, "우리 고향에서는 여우비라고 했어요.")]
+    assert _streamed(clear, [1], 3.0)[0] == ["우리 고향에서는 여우비라고 했어요.", ""]
+    doubtful = [*clear, _seg(1, 3.0, 4.0, "감사합니다.", logprob=-0.7, no_speech=0.3), _seg(2, 4.0, 6.0, "네 그럼요.")]
+    deltas, final = _streamed(doubtful, [1, 1, 1], 6.0)
+    assert deltas[1] == "" and "".join(deltas) == final.text and "감사합니다" in final.text, deltas

@@ -6,10 +6,11 @@ a stream show a phrase the final text drops, or a number it masks, and the delta
 text. So the streamed text is computed by the very same steps (`filter_transcript`, then `process_kept`) over the
 segments final so far, and only the part that more segments can no longer change is sent:
 
-- The filter judges a segment by its neighbours (a gap before or after it makes it a speech edge; the last segment
-  always is one) and by runs of identical segments (a decoder loop). A segment's verdict is settled once a segment
-  follows it whose text differs from its own: its neighbour is known and any run it belongs to is closed. The
-  trailing run of equal segments is held back until a different one arrives or the transcript ends.
+- The filter judges a doubtful segment by its neighbours (a gap before or after it makes it a speech edge; the last
+  segment always is one) and by runs of identical segments (a decoder loop). A segment's verdict is settled once a
+  segment follows it whose text differs from its own: its neighbour is known and any run it belongs to is closed.
+  The trailing run of equal segments is held back until a different one arrives or the transcript ends, except a
+  segment confident enough that the filter keeps it wherever it stands (`always_kept`): that one goes out at once.
 - Vocabulary and masking read the whole text, so a number may span two segments. Settled text is sent only when the
   text with the held-back segments included starts with it, and a settled segment that ends in a digit waits for the
   next batch.
@@ -25,7 +26,7 @@ from faster_whisper.transcribe import Segment
 from stt_engine.config import Settings
 from stt_engine.engine import Transcript
 from stt_engine.engine.assemble import join_segments
-from stt_engine.textproc.hallucination import compact, filter_transcript
+from stt_engine.textproc.hallucination import always_kept, compact, filter_transcript
 from stt_engine.textproc.pipeline import TextOptions, phrases_file, process_kept, text_options
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,13 @@ class TextStream:
         """The processed text and segments of the longest settled prefix that later segments cannot change."""
         if not segments:
             return None
-        held = len(segments) - 1
+        run = len(segments) - 1
         key = compact(segments[-1].text)
-        while held > 0 and compact(segments[held - 1].text) == key:
-            held -= 1
+        while run > 0 and compact(segments[run - 1].text) == key:
+            run -= 1
+        held = run  # the trailing run waits, but for those of its first segments that the filter keeps regardless
+        while held < len(segments) and always_kept(segments[held]):
+            held += 1
         if held == 0:
             return None
         filtered, _ = filter_transcript(
