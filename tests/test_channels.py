@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -113,3 +114,25 @@ def test_silent_channel_is_not_sent(server: str, tmp_path: Path) -> None:
     assert after - before == 1, (before, after)  # the muted customer line never reached the scheduler
     assert {s["speaker"] for s in body["segments"]} == {"상담원"}
     assert error_rate(body["text"], source) <= 0.2
+
+
+def test_stereo_call_streams_diarized_segments(server: str, call: Path) -> None:
+    """stream=true with channels=split: OpenAI's diarized stream. Each segment is announced as a
+    `transcript.text.segment` event with its speaker once every channel has passed it; the deltas add up to the
+    done text, and the done event carries the same segments."""
+    r = post_audio(server, "/v1/audio/transcriptions", call, language="ko", response_format="diarized_json",
+                   channels="split", stream="true", **NAMES)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    done = events[-1]
+    assert done["type"] == "transcript.text.done", events
+    segments = [e for e in events if e["type"] == "transcript.text.segment"]
+    assert segments and all({"id", "start", "end", "speaker", "text"} <= set(s) for s in segments)
+    assert [s["start"] for s in segments] == sorted(s["start"] for s in segments)  # merged in time order
+    assert [(s["id"], s["text"]) for s in segments] == [(s["id"], s["text"]) for s in done["segments"]]
+    assert "".join(e["delta"] for e in events if e["type"] == "transcript.text.delta") == done["text"]
+    text = _by_speaker(segments)
+    assert set(text) == {"상담원", "고객"}
+    assert error_rate(text["상담원"], clip(LEFT)) <= CER_BOUND, text
+    assert error_rate(text["고객"], clip(RIGHT)) <= CER_BOUND, text
+    assert all(s["start"] >= 2.5 for s in segments if s["speaker"] == "고객")

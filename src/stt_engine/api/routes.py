@@ -151,7 +151,7 @@ async def transcribe(
     normalize: NormalizeField = None,
 ) -> Response:
     settings = request.app.state.settings
-    split = _split_channels(settings, channels, stream)
+    split = _split_channels(settings, channels)
     options = build_options(
         settings, model_languages(request), language=language, task=task, prompt=prompt, hotwords=hotwords,
         word_timestamps=word_timestamps,
@@ -160,7 +160,8 @@ async def transcribe(
     if stream:
         _no_postprocess_when_streaming(postprocess)
         return await stream_upload(
-            request, file, options, final=lambda t: {"success": True, **_original_body(t)}, text=text
+            request, file, options, final=lambda t: {"success": True, **_original_body(t)}, text=text,
+            split_channels=split, speaker_names=_names(known_speaker_names),
         )
     result = await transcribe_upload(
         request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt, text=text,
@@ -196,15 +197,12 @@ def _names(values: list[str] | None) -> list[str] | None:
     return [n.strip() for v in (values or []) for n in v.split(",") if n.strip()] or None
 
 
-def _split_channels(settings: Any, value: str | None, stream: bool) -> bool:
+def _split_channels(settings: Any, value: str | None) -> bool:
     choice = (value or settings.channels_default).strip().lower()
     if choice not in ("split", "mix"):
         raise InvalidRequest(f"channels must be 'split' or 'mix', not {quote(value)}.", param="channels",
                              code="invalid_channels")
-    if choice == "split" and stream and value:
-        raise InvalidRequest("channels=split needs the whole file and cannot be combined with stream=true.",
-                             param="channels")
-    return choice == "split" and not stream
+    return choice == "split"
 
 
 def _no_postprocess_when_streaming(postprocess: str | None) -> None:
@@ -212,6 +210,17 @@ def _no_postprocess_when_streaming(postprocess: str | None) -> None:
         raise InvalidRequest(
             "postprocess needs the whole transcript and cannot be combined with stream=true.", param="postprocess"
         )
+
+
+def _stream_done(t: Transcript, fmt: ResponseFormat, words: bool) -> dict[str, Any]:
+    """What a stream's `transcript.text.done` adds to the text: the mask report and, for the formats whose response
+    has them, the segments (with speakers for channels=split), words and `dropped_segments`."""
+    body = text_report(t)
+    if fmt in (ResponseFormat.diarized_json, ResponseFormat.verbose_json):
+        rendered = render(t, fmt, include_words=words)
+        assert isinstance(rendered, dict)
+        body |= {k: rendered[k] for k in ("segments", "words", "dropped_segments") if k in rendered}
+    return body
 
 
 # --- OpenAI audio API -----------------------------------------------------------------------------------
@@ -245,7 +254,7 @@ async def _openai_audio(
     normalize: str | None = None,
 ) -> Response:
     fmt = parse_format(response_format)
-    split = _split_channels(request.app.state.settings, channels, stream)
+    split = _split_channels(request.app.state.settings, channels)
     granularities = [g for item in (granularities or []) for g in item.split(",") if g.strip()]
     unknown = sorted({g.strip() for g in granularities} - {"segment", "word"})
     if unknown:
@@ -261,7 +270,11 @@ async def _openai_audio(
     text = text_options(request.app.state.settings, redact=redact, normalize=normalize)
     if stream:
         _no_postprocess_when_streaming(postprocess)
-        return await stream_upload(request, file, options, final=lambda t: text_report(t), text=text)
+        return await stream_upload(
+            request, file, options, final=lambda t: _stream_done(t, fmt, words), text=text,
+            split_channels=split, speaker_names=_names(known_speaker_names),
+            segment_events=fmt is ResponseFormat.diarized_json,
+        )
     result = await transcribe_upload(
         request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt, text=text,
         split_channels=split, speaker_names=_names(known_speaker_names),

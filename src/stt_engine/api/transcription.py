@@ -14,7 +14,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +29,13 @@ from stt_engine import channels as channels_mod
 from stt_engine.api.errors import error_body
 from stt_engine.audio import DecodedAudio
 from stt_engine.config import Settings
-from stt_engine.engine import Transcript, segment_separator
+from stt_engine.engine import Transcript
 from stt_engine.errors import InvalidRequest, NotReady, PayloadTooLarge, STTError
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler import Scheduler
-from stt_engine.textproc import TextOptions, finish_transcript, pii
+from stt_engine.formats import to_diarized_json
+from stt_engine.textproc import TextOptions, finish_transcript
+from stt_engine.textproc.streaming import TextStream
 from stt_engine.textproc.vocabulary import load_vocabulary
 
 log = logging.getLogger(__name__)
@@ -243,29 +245,61 @@ async def stream_upload(
     *,
     final: Callable[[Transcript], dict],
     text: TextOptions | None = None,
+    split_channels: bool = False,
+    speaker_names: list[str] | None = None,
+    segment_events: bool = False,
 ) -> StreamingResponse:
     """`stream=true`: Server-Sent Events in OpenAI's shape. A `transcript.text.delta` for each run of segments as
     it becomes final (a request's sections are decoded in order, so the first arrive early), then
     `transcript.text.done` with the whole text, extended by `final(transcript)`. Bad input is refused before the
     stream starts, with the route's usual error; an error after that ends the stream with an `error` event.
-    The deltas concatenate to the done text."""
+
+    The deltas are the final text's own pieces: the segments go through the same filter, vocabulary, numbers and
+    masking as the done text (`TextStream`), so nothing the done text drops or masks is ever sent, and the deltas
+    concatenate to it. With `split_channels` (or `segment_events`), each processed segment is also announced as
+    OpenAI's diarized `transcript.text.segment` event, with its speaker, once every channel has passed its start."""
     started = time.perf_counter()
-    decoded = await receive_audio(request, upload)
+    tracks: list[np.ndarray] = []
+    decoded = await receive_audio(request, upload, channels_out=tracks if split_channels else None)
     scheduler: Scheduler = request.app.state.scheduler
+    settings: Settings = request.app.state.settings
     loop = asyncio.get_running_loop()
-    arrived: asyncio.Queue[tuple[list[Segment], str | None]] = asyncio.Queue()
+    arrived: asyncio.Queue[tuple[int, list[Segment] | None, str | None]] = asyncio.Queue()
 
-    def on_segments(segments: list[Segment], language: str | None) -> None:
-        loop.call_soon_threadsafe(arrived.put_nowait, (segments, language))
+    def receiver(channel: int) -> Callable[[list[Segment], str | None], None]:
+        def on_segments(segments: list[Segment], language: str | None) -> None:
+            loop.call_soon_threadsafe(arrived.put_nowait, (channel, segments, language))
+        return on_segments
 
-    work = asyncio.ensure_future(
-        scheduler.transcribe(decoded, options, on_segments=on_segments, first_text_early=True)
-    )
-    del decoded
+    async def one_track(channel: int, audio: DecodedAudio) -> Transcript:
+        transcript = await scheduler.transcribe(
+            audio, options, on_segments=receiver(channel), first_text_early=True
+        )
+        arrived.put_nowait((channel, None, None))  # after its segments: the channel is finished
+        return transcript
+
+    merging: _ChannelMerge | None = None
+    if split_channels:
+        merging = await _ChannelMerge.start(decoded, tracks, speaker_names)
+        work = asyncio.ensure_future(merging.transcribe(options, one_track))
+    else:
+        work = asyncio.ensure_future(one_track(0, decoded))
+    del decoded, tracks
     request_id = getattr(request.state, "request_id", None)
+    stream = TextStream(settings, text)
+    announce = split_channels or segment_events
+
+    def events_for(delta: str, segments: list[Segment]) -> Iterator[str]:
+        if delta:
+            yield _sse({"type": "transcript.text.delta", "delta": delta})
+        if announce and segments:
+            for segment in to_diarized_json(dataclasses.replace(_EMPTY, segments=segments))["segments"]:
+                yield _sse(segment)
 
     async def events() -> AsyncIterator[str]:
-        sent = ""
+        received: dict[int, list[Segment]] = {}
+        languages: dict[int, str | None] = {}
+        finished: set[int] = set()
         try:
             while True:
                 getter = asyncio.ensure_future(arrived.get())
@@ -275,15 +309,27 @@ async def stream_upload(
                     if arrived.empty():
                         break
                     continue
-                segments, language = getter.result()
-                delta = _delta(sent, segments, language)
-                sent += delta
-                if text is not None and text.redact:  # nothing unmasked leaves the server, not even early
-                    delta = pii.redact(delta)[0]
-                if delta:
-                    yield _sse({"type": "transcript.text.delta", "delta": delta})
+                batch = [getter.result()]
+                while not arrived.empty():
+                    batch.append(arrived.get_nowait())
+                for channel, segments, lang in batch:
+                    if segments is None:
+                        finished.add(channel)
+                    else:
+                        received.setdefault(channel, []).extend(segments)
+                        languages[channel] = lang or languages.get(channel)
+                if merging is not None:
+                    so_far, language = merging.final_so_far(received, languages, finished)
+                else:
+                    so_far, language = received.get(0, []), languages.get(0)
+                delta, fresh = await run_in_threadpool(stream.update, so_far, language)
+                for event in events_for(delta, fresh):
+                    yield event
             transcript = await _processed(request, work.result(), text)
             _finished(request, transcript, started)
+            delta, fresh = stream.finish(transcript)
+            for event in events_for(delta, fresh):
+                yield event
             yield _sse({"type": "transcript.text.done", "text": transcript.text, **final(transcript)})
         except STTError as exc:
             yield _sse({"type": "error", "error": error_body("/v1/", exc, request_id)["error"]})
@@ -299,10 +345,55 @@ async def stream_upload(
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-def _delta(sent: str, segments: list[Segment], language: str | None) -> str:
-    """The text these segments add to what was sent, joined as the final transcript joins segments."""
-    text = segment_separator(language).join(s.text for s in segments)
-    return text if not sent else segment_separator(language) + text
+_EMPTY = Transcript(text="", language=None, language_probability=0.0, duration=0.0, duration_after_vad=0.0,
+                    segments=[])
+
+
+@dataclass
+class _ChannelMerge:
+    """channels=split for a stream: the channels planned as for a file (`channels.plan`), each through the scheduler
+    with its own segment callback, and their segments merged (`channels.merge`) as far as every channel has come."""
+
+    tracks: list[tuple[int, np.ndarray]]  # emptied once they are handed to the scheduler
+    channels: list[int]
+    speakers: list[str]
+    template: DecodedAudio  # the upload's format, without its samples
+    duration: float
+
+    @classmethod
+    async def start(cls, decoded: DecodedAudio, tracks: list[np.ndarray], names: list[str] | None) -> _ChannelMerge:
+        if not tracks:  # a mono upload: its one channel is the first speaker's
+            tracks = [decoded.samples]
+        channel_plan = await run_in_threadpool(channels_mod.plan, tracks, names)
+        if channel_plan.copies:
+            log.info("channels=split: the channels carry the same signal; transcribed once")
+        template = channels_mod.track_audio(np.zeros(0, dtype=np.float32), decoded)
+        return cls(list(channel_plan.tracks), [c for c, _ in channel_plan.tracks], channel_plan.speakers, template,
+                   decoded.duration)
+
+    async def transcribe(self, options: TranscribeOptions,
+                         one_track: Callable[[int, DecodedAudio], Awaitable[Transcript]]) -> Transcript:
+        tracks, self.tracks = self.tracks, []
+        work = [one_track(channel, channels_mod.track_audio(samples, self.template)) for channel, samples in tracks]
+        del tracks
+        results = await asyncio.gather(*work)
+        merged = channels_mod.merge(list(zip(self.channels, results)), self.speakers, self.duration)
+        if options.task == "translate" and merged.task != "translate":
+            merged = dataclasses.replace(merged, task="translate")
+        return merged
+
+    def final_so_far(self, received: dict[int, list[Segment]], languages: dict[int, str | None],
+                     finished: set[int]) -> tuple[list[Segment], str | None]:
+        """The merged segments whose place in the final order is known: those that start before the latest segment
+        of every unfinished channel (a channel's later segments start no earlier than its latest)."""
+        frontier = min(
+            (float(received[c][-1].start) if received.get(c) else 0.0 for c in self.channels if c not in finished),
+            default=float("inf"),
+        )
+        partial = [(c, dataclasses.replace(_EMPTY, language=languages.get(c), segments=received.get(c, [])))
+                   for c in self.channels]
+        merged = channels_mod.merge(partial, self.speakers, 0.0)
+        return [s for s in merged.segments if float(s.start) < frontier], merged.language
 
 
 def _sse(event: dict[str, Any]) -> str:

@@ -118,6 +118,25 @@ def collapse_loops(text: str) -> str:
 
 def _weak_evidence(segments: list[Segment], i: int, duration: float) -> list[str]:
     s = segments[i]
+    reasons = _own_weak_evidence(s)
+    if not _confident(s) and _at_edge(segments, i, duration):
+        reasons.append("speech_edge")
+    return reasons
+
+
+def _confident(s: Segment) -> bool:
+    return s.avg_logprob > CONFIDENT_LOGPROB and s.no_speech_prob < CONFIDENT_NO_SPEECH
+
+
+def always_kept(segment: Segment) -> bool:
+    """Whether the filter keeps this segment whatever its neighbours are: its own evidence is strong, so no
+    position at a speech edge or run of repeats can make it drop it (a stream may send it before the next one)."""
+    s = _collapsed(segment)
+    return _confident(s) and not _own_weak_evidence(s)
+
+
+def _own_weak_evidence(s: Segment) -> list[str]:
+    """The doubts a segment carries by itself, whatever surrounds it."""
     reasons = []
     if s.no_speech_prob >= NO_SPEECH_HIGH:
         reasons.append("no_speech_prob")
@@ -129,9 +148,6 @@ def _weak_evidence(segments: list[Segment], i: int, duration: float) -> list[str
         reasons.append("too_short")
     elif length > chars * MAX_SECONDS_PER_CHAR and length > 4.0:
         reasons.append("too_long")
-    confident = s.avg_logprob > CONFIDENT_LOGPROB and s.no_speech_prob < CONFIDENT_NO_SPEECH
-    if not confident and _at_edge(segments, i, duration):
-        reasons.append("speech_edge")
     return reasons
 
 

@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import re
 import threading
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,8 @@ _KO_POWERS = set("십백천만억조")
 # attached: as a word of its own it is far more often "work" ("이 일을").
 _KO_UNITS = (
     "년", "월", "일", "시", "분", "초", "원", "달러", "불", "퍼센트", "프로", "킬로그램", "킬로미터", "킬로", "키로",
-    "그램", "센티미터", "밀리미터", "미터", "센티", "밀리", "리터", "층", "번", "호", "동", "개", "명", "세", "대", "차", "회", "배", "도", "박", "주", "평", "씨씨",
+    "그램", "센티미터", "밀리미터", "미터", "센티", "밀리", "리터", "층", "번", "호", "동", "개", "명", "세", "대", "차",
+    "회", "배", "도", "박", "주", "평", "씨씨",
 )
 # Numerals that are everyday words too ("그럼 이만", "천만에요", "오만과 편견", "천사"): a number only with a
 # unit after them.
@@ -230,6 +232,7 @@ def _normalize_korean(text: str, normalizer: Any) -> str:
     return " ".join(out)
 
 
+@lru_cache(maxsize=4096)  # a stream re-reads the segments final so far after each batch
 def normalize_text(text: str, language: str, cache_dir: Path | None = None) -> str:
     if not text.strip():
         return text

@@ -69,6 +69,28 @@ def _masked(transcript: Transcript) -> tuple[Transcript, Counter[str]]:
     return dataclasses.replace(transcript, text=text, segments=segments), counts
 
 
+def phrases_file(settings: Settings) -> str | None:
+    """HALLUCINATION_PHRASES_FILE as the filter takes it."""
+    return str(settings.hallucination_phrases_file) if settings.hallucination_phrases_file else None
+
+
+def process_kept(
+    transcript: Transcript, settings: Settings, options: TextOptions
+) -> tuple[Transcript, dict[str, int] | None, str | None]:
+    """What follows the filter, on a transcript of kept segments: the team's spelling (VOCABULARY_FILE), numbers
+    written (when asked), personal data masked (when asked). Returns it with the mask counts and, where allowed,
+    the unmasked text. `finish_transcript` and streamed text (`TextStream`) both go through here, so a stream's text
+    is the final text's."""
+    result = correct_transcript(transcript, load_vocabulary(settings.vocabulary_file))
+    if options.normalize_numbers:  # before masking: written digits are what the PII patterns read best
+        result = numbers.normalize_transcript(result, settings.normalize_cache_dir or settings.data_dir / "itn")
+    if not options.redact:
+        return result, None, None
+    original = result.text if options.keep_original else None
+    result, counts = _masked(result)
+    return result, {label: counts.get(label, 0) for label in pii.MASKS}, original
+
+
 def finish_transcript(
     transcript: Transcript, settings: Settings, options: TextOptions | None = None, metrics: Any | None = None
 ) -> ProcessedTranscript:
@@ -76,19 +98,12 @@ def finish_transcript(
     (when asked), then mask personal data (when asked); report what was dropped and masked. Blocking (NeMo's
     grammars): call it off the event loop."""
     options = options or text_options(settings)
-    extra = str(settings.hallucination_phrases_file) if settings.hallucination_phrases_file else None
-    result, dropped = filter_transcript(transcript, extra_file=extra, enabled=options.hallucination_filter)
+    result, dropped = filter_transcript(transcript, extra_file=phrases_file(settings),
+                                        enabled=options.hallucination_filter)
     if dropped and metrics is not None:
         metrics.observe_dropped_segments(result.language, len(dropped))
-    result = correct_transcript(result, load_vocabulary(settings.vocabulary_file))
-    if options.normalize_numbers:  # before masking: written digits are what the PII patterns read best
-        result = numbers.normalize_transcript(result, settings.normalize_cache_dir or settings.data_dir / "itn")
-    redactions: dict[str, int] | None = None
-    original: str | None = None
+    result, redactions, original = process_kept(result, settings, options)
     if options.redact:
-        original = result.text if options.keep_original else None
-        result, counts = _masked(result)
-        redactions = {label: counts.get(label, 0) for label in pii.MASKS}
         dropped = [dataclasses.replace(d, text=pii.redact(d.text)[0]) for d in dropped]
     base = {f.name: getattr(result, f.name) for f in dataclasses.fields(Transcript)}
     return ProcessedTranscript(**base, dropped_segments=dropped, redactions=redactions, original_text=original)
