@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import ctranslate2
 import httpx
 import pytest

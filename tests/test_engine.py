@@ -10,7 +10,8 @@ import pytest
 
 from stt_engine.audio import SAMPLE_RATE, decode
 from stt_engine.config import Settings
-from stt_engine.engine import Engine, Transcript, decode as decode_step
+from stt_engine.engine import Engine, Transcript
+from stt_engine.engine import decode as decode_step
 from stt_engine.engine.decode import Attempt, choose
 from stt_engine.engine.prepare import plan_sections, quietest_point
 from stt_engine.models import resolve_model

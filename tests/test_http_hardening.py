@@ -509,7 +509,7 @@ def test_docs_render_offline_in_chromium(server: str, guarded: str, keyed: bool)
 
 # --- pure policy --------------------------------------------------------------------------------------------
 def test_escape_control_and_quote() -> None:
-    from stt_engine.api.errors import quote
+    from stt_engine.errors import quote
     from stt_engine.logging_setup import escape_control
 
     assert escape_control("a\r\nb\x1b[31m\x85\u2028\t") == "a\\r\\nb\\x1b[31m\\x85\\u2028\\t"

@@ -22,7 +22,13 @@ from stt_engine.errors import RequestTimeout, ShuttingDown, TranscriptionFailed
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler import Priority, Scheduler
 from stt_engine.scheduler.policy import (
-    STARVE_AFTER_SECONDS, Candidate, Priority, Turn, effective_priority, fair_share, pick_batch, run_solo,
+    STARVE_AFTER_SECONDS,
+    Candidate,
+    Turn,
+    effective_priority,
+    fair_share,
+    pick_batch,
+    run_solo,
 )
 
 EN = TranscribeOptions(language="en")

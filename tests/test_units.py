@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 from stt_engine.engine import resolve_compute_type, tidy_text
-from stt_engine.errors import InvalidRequest
+from stt_engine.errors import InvalidRequest, quote
 from stt_engine.formats import timestamp
 from stt_engine.models.resolve import candidate_dirnames
-from stt_engine.errors import quote
 from stt_engine.options import DEFAULT_TEMPERATURES, parse_language, parse_temperature
 
 LANGUAGES = frozenset({"en", "ko", "ja", "zh", "de"})

@@ -143,26 +143,29 @@ def merge(results: list[tuple[int, Transcript]], speakers: list[str], duration: 
     )
 
 
-async def transcribe_split(
-    decoded: DecodedAudio,
-    tracks: list[np.ndarray],
-    options: TranscribeOptions,
-    names: list[str] | None,
-    transcribe: Callable[[DecodedAudio], Awaitable[Transcript]],
-) -> Transcript:
-    """channels=split, for the routes and the jobs runner alike: every sounding channel through `transcribe` (the
-    caller's scheduler call, at its priority) at once, so their windows batch together; merged in time order with
-    speakers. `tracks` are the channels from `decode_channels`; empty for a mono upload, which is then one channel.
-
-    When one channel fails, or the caller is cancelled, the other channels' work is dropped too (a plain gather would
-    leave it running in the scheduler for nobody)."""
-    if not tracks:  # a mono upload: its one channel is the first speaker's
-        tracks = [decoded.samples]
-    channel_plan = await asyncio.to_thread(plan, tracks, names)
-    del tracks
+async def plan_split(decoded: DecodedAudio, tracks: list[np.ndarray], names: list[str] | None) -> ChannelPlan:
+    """channels=split's plan (off the loop): `tracks` are the channels from `decode_channels`; empty for a mono
+    upload, which is then one channel, the first speaker's."""
+    channel_plan = await asyncio.to_thread(plan, tracks or [decoded.samples], names)
     if channel_plan.copies:
         log.info("channels=split: the channels carry the same signal; transcribed once")
-    work = [asyncio.ensure_future(transcribe(track_audio(samples, decoded))) for _, samples in channel_plan.tracks]
+    return channel_plan
+
+
+async def transcribe_planned(
+    channel_plan: ChannelPlan,
+    source: DecodedAudio,
+    duration: float,
+    options: TranscribeOptions,
+    transcribe: Callable[[int, DecodedAudio], Awaitable[Transcript]],
+) -> Transcript:
+    """Every channel of the plan through `transcribe(channel, audio)` (the caller's scheduler call, at its priority;
+    `source` gives the upload's format, `duration` its length)
+    at once, so their windows batch together; merged in time order with speakers. When one channel fails, or the caller is cancelled, the other channels' work is dropped too (a
+    plain gather would leave it running in the scheduler for nobody)."""
+    channels = [channel for channel, _ in channel_plan.tracks]
+    work = [asyncio.ensure_future(transcribe(channel, track_audio(samples, source)))
+            for channel, samples in channel_plan.tracks]
     try:
         results = await asyncio.gather(*work)
     except BaseException:
@@ -170,10 +173,22 @@ async def transcribe_split(
             task.cancel()
         await asyncio.gather(*work, return_exceptions=True)
         raise
-    merged = merge(
-        [(channel, t) for (channel, _), t in zip(channel_plan.tracks, results)], channel_plan.speakers,
-        decoded.duration,
-    )
+    merged = merge(list(zip(channels, results)), channel_plan.speakers, duration)
     if options.task == "translate" and merged.task != "translate":
         merged = dataclasses.replace(merged, task="translate")
     return merged
+
+
+async def transcribe_split(
+    decoded: DecodedAudio,
+    tracks: list[np.ndarray],
+    options: TranscribeOptions,
+    names: list[str] | None,
+    transcribe: Callable[[DecodedAudio], Awaitable[Transcript]],
+) -> Transcript:
+    """channels=split for the routes and the jobs runner alike: `plan_split`, then `transcribe_planned`."""
+    channel_plan = await plan_split(decoded, tracks, names)
+    del tracks
+    return await transcribe_planned(
+        channel_plan, decoded, decoded.duration, options, lambda _, audio: transcribe(audio)
+    )

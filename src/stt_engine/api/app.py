@@ -20,8 +20,8 @@ from starlette.concurrency import run_in_threadpool
 from stt_engine import __version__
 from stt_engine.api.errors import install_error_handlers
 from stt_engine.api.jobs_routes import router as jobs_router
-from stt_engine.api.postprocess_routes import router as postprocess_router
 from stt_engine.api.middleware import BodyGuardMiddleware, RequestContextMiddleware
+from stt_engine.api.postprocess_routes import router as postprocess_router
 from stt_engine.api.realtime_routes import router as realtime_router
 from stt_engine.api.routes import router
 from stt_engine.api.security import install_security
@@ -33,8 +33,8 @@ from stt_engine.errors import STTError
 from stt_engine.jobs.service import start_jobs, stop_jobs
 from stt_engine.metrics import Metrics
 from stt_engine.models import ResolvedModel, resolve_model
-from stt_engine.postprocess.service import PostProcessor
 from stt_engine.options import TranscribeOptions
+from stt_engine.postprocess.service import PostProcessor
 from stt_engine.scheduler import Priority, Scheduler
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ async def _load(app: FastAPI, settings: Settings, model: ResolvedModel | None) -
         app.state.load_status = "error"
         app.state.load_error = exc.message
         log.error("model failed to load: %s", exc.message)
-    except Exception as exc:
+    except Exception:
         app.state.load_status = "error"
         app.state.load_error = "The model failed to load; the server log has the details."
         log.exception("model failed to load")

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Scope, Send
 
-from stt_engine.errors import InvalidRequest, STTError, quote
+from stt_engine.errors import InvalidRequest, STTError
 from stt_engine.logging_setup import escape_control
 
 log = logging.getLogger(__name__)

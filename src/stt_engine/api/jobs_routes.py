@@ -114,7 +114,7 @@ async def create_job(
         settings, model_languages(request), language=language, prompt=prompt, temperature=temperature, word_timestamps=words, hotwords=hotwords
     )
     text = text_options(settings, redact=redact, normalize=normalize)  # as the sync routes check them
-    split = _split_channels(settings, channels, stream=False)
+    split = _split_channels(settings, channels)
     if postprocess:
         request.app.state.postprocessor.validate(postprocess, postprocess_prompt)
     if file is None or isinstance(file, str):

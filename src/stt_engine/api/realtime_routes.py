@@ -24,9 +24,9 @@ from stt_engine.audio import SAMPLE_RATE, DecodedAudio
 from stt_engine.config import Settings
 from stt_engine.engine import TranscribeOptions, Transcript
 from stt_engine.errors import Unauthorized
-from stt_engine.scheduler import Priority, Scheduler
 from stt_engine.realtime.protocol import error_event
 from stt_engine.realtime.session import RealtimeSession
+from stt_engine.scheduler import Priority, Scheduler
 
 log = logging.getLogger(__name__)
 router = APIRouter()

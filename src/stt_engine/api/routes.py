@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from stt_engine.api.errors import quote
 from stt_engine.api.schemas import (
     TEXT_RESPONSES,
     TranscribeResponse,
@@ -20,10 +19,10 @@ from stt_engine.api.security import is_authenticated
 from stt_engine.api.transcription import stream_upload, transcribe_upload
 from stt_engine.api.web import web_page
 from stt_engine.engine import Transcript
-from stt_engine.errors import InvalidRequest, NotReady, STTError
+from stt_engine.errors import InvalidRequest, NotReady, STTError, quote
 from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render, text_report
-from stt_engine.options import build_options
 from stt_engine.metrics import CONTENT_TYPE
+from stt_engine.options import build_options
 from stt_engine.textproc import text_options
 
 router = APIRouter()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -31,9 +32,9 @@ from stt_engine.audio import DecodedAudio
 from stt_engine.config import Settings
 from stt_engine.engine import Transcript
 from stt_engine.errors import InvalidRequest, NotReady, PayloadTooLarge, STTError
+from stt_engine.formats import to_diarized_json
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler import Scheduler
-from stt_engine.formats import to_diarized_json
 from stt_engine.textproc import TextOptions, finish_transcript
 from stt_engine.textproc.streaming import TextStream
 from stt_engine.textproc.vocabulary import load_vocabulary
@@ -351,36 +352,28 @@ _EMPTY = Transcript(text="", language=None, language_probability=0.0, duration=0
 
 @dataclass
 class _ChannelMerge:
-    """channels=split for a stream: the channels planned as for a file (`channels.plan`), each through the scheduler
-    with its own segment callback, and their segments merged (`channels.merge`) as far as every channel has come."""
+    """channels=split for a stream: the channels planned and transcribed as for a file (`channels.plan_split`,
+    `transcribe_planned`), each with its own segment callback, and their segments merged as far as every channel
+    has come."""
 
-    tracks: list[tuple[int, np.ndarray]]  # emptied once they are handed to the scheduler
+    plan: channels_mod.ChannelPlan
     channels: list[int]
-    speakers: list[str]
     template: DecodedAudio  # the upload's format, without its samples
     duration: float
 
     @classmethod
     async def start(cls, decoded: DecodedAudio, tracks: list[np.ndarray], names: list[str] | None) -> _ChannelMerge:
-        if not tracks:  # a mono upload: its one channel is the first speaker's
-            tracks = [decoded.samples]
-        channel_plan = await run_in_threadpool(channels_mod.plan, tracks, names)
-        if channel_plan.copies:
-            log.info("channels=split: the channels carry the same signal; transcribed once")
+        channel_plan = await channels_mod.plan_split(decoded, tracks, names)
         template = channels_mod.track_audio(np.zeros(0, dtype=np.float32), decoded)
-        return cls(list(channel_plan.tracks), [c for c, _ in channel_plan.tracks], channel_plan.speakers, template,
-                   decoded.duration)
+        return cls(channel_plan, [c for c, _ in channel_plan.tracks], template, decoded.duration)
+
+    @property
+    def speakers(self) -> list[str]:
+        return self.plan.speakers
 
     async def transcribe(self, options: TranscribeOptions,
                          one_track: Callable[[int, DecodedAudio], Awaitable[Transcript]]) -> Transcript:
-        tracks, self.tracks = self.tracks, []
-        work = [one_track(channel, channels_mod.track_audio(samples, self.template)) for channel, samples in tracks]
-        del tracks
-        results = await asyncio.gather(*work)
-        merged = channels_mod.merge(list(zip(self.channels, results)), self.speakers, self.duration)
-        if options.task == "translate" and merged.task != "translate":
-            merged = dataclasses.replace(merged, task="translate")
-        return merged
+        return await channels_mod.transcribe_planned(self.plan, self.template, self.duration, options, one_track)
 
     def final_so_far(self, received: dict[int, list[Segment]], languages: dict[int, str | None],
                      finished: set[int]) -> tuple[list[Segment], str | None]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import logging
+import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable

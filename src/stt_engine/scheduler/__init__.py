@@ -26,10 +26,16 @@ from faster_whisper.transcribe import Segment
 
 from stt_engine.audio import DecodedAudio
 from stt_engine.engine import Engine, Job, Stream, Transcript
-from stt_engine.errors import AudioTooLong, Overloaded, RequestTimeout, ShuttingDown, STTError, TranscriptionFailed
+from stt_engine.errors import AudioTooLong, Overloaded, RequestTimeout, ShuttingDown, TranscriptionFailed
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler.policy import (
-    Candidate, Priority, Turn, effective_priority, fair_share, pick_batch, run_solo,
+    Candidate,
+    Priority,
+    Turn,
+    effective_priority,
+    fair_share,
+    pick_batch,
+    run_solo,
 )
 
 __all__ = ["Priority", "Scheduler", "SchedulerStats"]
