@@ -169,3 +169,28 @@ def test_route_masks_every_format_the_log_and_the_llm_input(tmp_path) -> None:
             assert sum(secret in line for line in transcript_lines) == 1, transcript_lines
         finally:
             proxy.close()
+
+
+def test_a_number_read_over_two_segments_is_masked_in_every_segment() -> None:
+    """The text is masked whole; its segments (srt, vtt, diarized_json) and words must not show the pieces."""
+    from faster_whisper.transcribe import Segment, Word
+
+    from stt_engine.config import Settings
+    from stt_engine.engine import Transcript
+    from stt_engine.textproc import finish_transcript, text_options
+
+    def seg(i: int, text: str, words: list[str]) -> Segment:
+        return Segment(id=i, seek=0, start=float(i), end=i + 1.0, text=text, tokens=[], avg_logprob=-0.2,
+                       compression_ratio=1.0, no_speech_prob=0.01, temperature=0.0,
+                       words=[Word(start=float(i), end=i + 1.0, word=w, probability=0.9) for w in words])
+
+    segments = [seg(0, "제 번호는 010-1234", [" 제", " 번호는", " 010", "-1234"]),
+                seg(1, "5678입니다.", [" 5678", "입니다."])]
+    transcript = Transcript(text="제 번호는 010-1234 5678입니다.", language="ko", language_probability=1.0,
+                            duration=2.0, duration_after_vad=2.0, segments=segments)
+    settings = Settings(_env_file=None)
+    out = finish_transcript(transcript, settings, text_options(settings, redact="pii"))
+    assert out.text == "제 번호는 [PHONE]입니다." and out.redactions["PHONE"] == 1
+    assert [s.text for s in out.segments] == ["제 번호는 [PHONE]", "입니다."]
+    everything = " ".join([s.text for s in out.segments] + [w.word for s in out.segments for w in s.words])
+    assert not re.search(r"\d", everything), everything

@@ -139,26 +139,31 @@ def redact(text: str) -> tuple[str, Counter[str]]:
     return apply_spans(text, spans), Counter(s.label for s in spans)
 
 
-def redact_words(words: list[str]) -> list[str]:
-    """Mask a segment's words as their joined text is masked: a number read over several words becomes one mask on
-    the first of them, the others empty."""
-    joined = "".join(words)
+def redact_pieces(pieces: list[str], separator: str = "") -> list[str]:
+    """Mask pieces of one text (a transcript's segments, or its words) as their joined text is masked: a number
+    read over several pieces becomes one mask on the first of them, its rest removed from the others."""
+    joined = separator.join(pieces)
     spans = find_pii(joined)
     if not spans:
-        return list(words)
+        return list(pieces)
     out: list[str] = []
     pos = 0
-    for word in words:
-        start, end = pos, pos + len(word)
-        pos = end
-        pieces, cursor = [], start
+    for piece in pieces:
+        start, end = pos, pos + len(piece)
+        pos = end + len(separator)
+        parts, cursor = [], start
         for s in spans:
             if s.end <= start or s.start >= end:
                 continue
-            pieces.append(joined[cursor:max(cursor, s.start)])
+            parts.append(joined[cursor:max(cursor, s.start)])
             if s.start >= start:
-                pieces.append(f"[{s.label}]")
+                parts.append(f"[{s.label}]")
             cursor = max(cursor, min(end, s.end))
-        pieces.append(joined[cursor:end])
-        out.append("".join(pieces))
+        parts.append(joined[cursor:end])
+        out.append("".join(parts))
     return out
+
+
+def redact_words(words: list[str]) -> list[str]:
+    """Words carry their own spaces: joined as they are."""
+    return redact_pieces(words)

@@ -13,6 +13,7 @@ from typing import Any
 
 from stt_engine.config import Settings
 from stt_engine.engine import Transcript
+from stt_engine.engine.assemble import segment_separator
 from stt_engine.errors import InvalidRequest, quote
 from stt_engine.textproc import numbers, pii
 from stt_engine.textproc.hallucination import DroppedSegment, filter_transcript
@@ -58,14 +59,19 @@ def text_options(settings: Settings, *, redact: str | None = None, normalize: st
 
 
 def _masked(transcript: Transcript) -> tuple[Transcript, Counter[str]]:
+    """Text, segments and words masked alike: segments and words are masked in context (a phone number read over
+    two segments is one mask), so no format shows a piece of what the text masks."""
     text, counts = pii.redact(transcript.text)
+    separator = segment_separator(transcript.language)
+    texts = pii.redact_pieces([s.text for s in transcript.segments], separator)
+    words = pii.redact_words([w.word for s in transcript.segments for w in (s.words or [])])
     segments = []
-    for s in transcript.segments:
-        words = s.words
-        if words:
-            masked = pii.redact_words([w.word for w in words])
-            words = [dataclasses.replace(w, word=m) for w, m in zip(words, masked) if m.strip()]
-        segments.append(dataclasses.replace(s, text=pii.redact(s.text)[0], words=words))
+    for s, masked_text in zip(transcript.segments, texts):
+        masked_words = None
+        if s.words:
+            mine, words = words[: len(s.words)], words[len(s.words):]
+            masked_words = [dataclasses.replace(w, word=m) for w, m in zip(s.words, mine) if m.strip()]
+        segments.append(dataclasses.replace(s, text=masked_text, words=masked_words if s.words else s.words))
     return dataclasses.replace(transcript, text=text, segments=segments), counts
 
 
