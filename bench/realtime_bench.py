@@ -223,7 +223,7 @@ def _table(result: dict[str, Any]) -> str:
     ]
     for run in result["runs"]:
         late = run["last_final_after_stream_end_s"]
-        late_text = _fmt(late["min"]) if late["min"] == late["max"] else f"{_fmt(late['min'], '')}-{_fmt(late['max'])}"
+        late_text = _fmt(late["min"]) if late["min"] == late["max"] else f"{_fmt(late['min'], '')} to {_fmt(late['max'])}"
         if run["turns_completed"] < run["turns_expected"] or not run["all_settled"]:
             late_text += f" ({run['turns_completed']} of {run['turns_expected']} turns completed)"
         lines.append(
