@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,10 @@ class Stream:
 
 async def stream_sdk(base: str, audio: bytes, session: dict[str, Any], *, rate: int = 24000, width: int = 2,
                      chunk_s: float = 0.1, speed: float = 1.0, expect_items: int | None = None,
-                     settle_s: float = 20.0, api_key: str = "unused") -> Stream:
+                     settle_s: float = 20.0, api_key: str = "unused",
+                     until: Callable[[Stream], bool] | None = None) -> Stream:
     """Send `audio` in `chunk_s` appends at real-time pace through `client.realtime.connect`, collect events until
-    `expect_items` completed (or `settle_s` after the last append)."""
+    `expect_items` completed or `until(stream)` holds (or `settle_s` after the last append)."""
     client = AsyncOpenAI(base_url=base + "/v1", api_key=api_key, max_retries=0)
     out = Stream()
     async with client.realtime.connect(model="whisper-1", extra_query={"intent": "transcription"}) as conn:
@@ -75,6 +77,8 @@ async def stream_sdk(base: str, audio: bytes, session: dict[str, Any], *, rate: 
         deadline = time.monotonic() + settle_s
         while time.monotonic() < deadline:
             if expect_items is not None and len(out.completed()) >= expect_items:
+                break
+            if until is not None and until(out):
                 break
             await asyncio.sleep(0.05)
         receiver.cancel()
