@@ -11,7 +11,7 @@ import shutil
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Header, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from stt_engine import audio as audio_mod
@@ -21,14 +21,14 @@ from stt_engine.api.routes import (
     NormalizeField,
     RedactField,
     SpeakerNamesField,
-    _names,
-    _split_channels,
     model_languages,
     parse_format,
+    parse_speaker_names,
+    split_channels_choice,
+    transcript_response,
 )
 from stt_engine.api.transcription import decoding_slot, stored_upload
 from stt_engine.errors import InvalidRequest, STTError
-from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render, text_report
 from stt_engine.jobs.models import Job, JobStatus, new_job_id, options_to_dict, owner_of, transcript_from_dict
 from stt_engine.jobs.service import JobService
 from stt_engine.jobs.webhooks import validate_webhook_url
@@ -114,7 +114,7 @@ async def create_job(
         settings, model_languages(request), language=language, prompt=prompt, temperature=temperature, word_timestamps=words, hotwords=hotwords
     )
     text = text_options(settings, redact=redact, normalize=normalize)  # as the sync routes check them
-    split = _split_channels(settings, channels)
+    split = split_channels_choice(settings, channels)
     if postprocess:
         request.app.state.postprocessor.validate(postprocess, postprocess_prompt)
     if file is None or isinstance(file, str):
@@ -145,7 +145,7 @@ async def create_job(
             postprocess_prompt=postprocess_prompt, webhook_url=webhook, webhook_secret=webhook_secret or None,
             idempotency_key=key, redact="pii" if text.redact else "none",
             normalize="numbers" if text.normalize_numbers else "none", channels="split" if split else "mix",
-            known_speaker_names=_names(known_speaker_names),
+            known_speaker_names=parse_speaker_names(known_speaker_names),
         )
         stored, created = await service.submit(job)
     except BaseException:
@@ -173,19 +173,8 @@ async def get_job_result(
     if job.status != JobStatus.completed.value or job.result is None:
         raise JobNotReady(f"Job '{job_id}' is {job.status}; its result exists once it is completed.",
                           headers={"Retry-After": "5"} if job.status in ("queued", "processing") else None)
-    transcript = transcript_from_dict(job.result)
-    body = render(transcript, fmt, include_words=job.include_words)
-    if isinstance(body, dict):
-        if fmt in (ResponseFormat.verbose_json, ResponseFormat.diarized_json) or job.postprocess_result is not None:
-            body.setdefault("language", job.result["language"])
-        if job.postprocess_result is not None:
-            body["postprocess"] = job.postprocess_result
-        return JSONResponse(body)
-    headers = {}
-    redactions = text_report(transcript).get("redactions")
-    if redactions is not None:  # the text formats carry the mask counts in a header, as the sync routes do
-        headers["X-Redactions"] = ",".join(f"{k}={v}" for k, v in redactions.items())
-    return PlainTextResponse(body, media_type=MEDIA_TYPES[fmt], headers=headers)
+    return transcript_response(transcript_from_dict(job.result), fmt, include_words=job.include_words,
+                               postprocess=job.postprocess_result)
 
 
 @router.get("/v1/jobs", summary="This caller's jobs, newest first (cursor: after=<last id>)")

@@ -150,7 +150,7 @@ async def transcribe(
     normalize: NormalizeField = None,
 ) -> Response:
     settings = request.app.state.settings
-    split = _split_channels(settings, channels)
+    split = split_channels_choice(settings, channels)
     options = build_options(
         settings, model_languages(request), language=language, task=task, prompt=prompt, hotwords=hotwords,
         word_timestamps=word_timestamps,
@@ -160,11 +160,11 @@ async def transcribe(
         _no_postprocess_when_streaming(postprocess)
         return await stream_upload(
             request, file, options, final=lambda t: {"success": True, **_original_body(t)}, text=text,
-            split_channels=split, speaker_names=_names(known_speaker_names),
+            split_channels=split, speaker_names=parse_speaker_names(known_speaker_names),
         )
     result = await transcribe_upload(
         request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt, text=text,
-        split_channels=split, speaker_names=_names(known_speaker_names),
+        split_channels=split, speaker_names=parse_speaker_names(known_speaker_names),
     )
     body: dict[str, Any] = {"success": True, **_original_body(result.transcript)}
     body["processing_time"] = round(result.processing_seconds, 3)
@@ -191,12 +191,12 @@ def _original_body(t: Transcript) -> dict[str, Any]:
     }
 
 
-def _names(values: list[str] | None) -> list[str] | None:
+def parse_speaker_names(values: list[str] | None) -> list[str] | None:
     """`known_speaker_names[]`, repeated fields or one comma-separated value."""
     return [n.strip() for v in (values or []) for n in v.split(",") if n.strip()] or None
 
 
-def _split_channels(settings: Any, value: str | None) -> bool:
+def split_channels_choice(settings: Any, value: str | None) -> bool:
     choice = (value or settings.channels_default).strip().lower()
     if choice not in ("split", "mix"):
         raise InvalidRequest(f"channels must be 'split' or 'mix', not {quote(value)}.", param="channels",
@@ -253,7 +253,7 @@ async def _openai_audio(
     normalize: str | None = None,
 ) -> Response:
     fmt = parse_format(response_format)
-    split = _split_channels(request.app.state.settings, channels)
+    split = split_channels_choice(request.app.state.settings, channels)
     granularities = [g for item in (granularities or []) for g in item.split(",") if g.strip()]
     unknown = sorted({g.strip() for g in granularities} - {"segment", "word"})
     if unknown:
@@ -271,23 +271,31 @@ async def _openai_audio(
         _no_postprocess_when_streaming(postprocess)
         return await stream_upload(
             request, file, options, final=lambda t: _stream_done(t, fmt, words), text=text,
-            split_channels=split, speaker_names=_names(known_speaker_names),
+            split_channels=split, speaker_names=parse_speaker_names(known_speaker_names),
             segment_events=fmt is ResponseFormat.diarized_json,
         )
     result = await transcribe_upload(
         request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt, text=text,
-        split_channels=split, speaker_names=_names(known_speaker_names),
+        split_channels=split, speaker_names=parse_speaker_names(known_speaker_names),
     )
-    body = render(result.transcript, fmt, include_words=words)
+    return transcript_response(result.transcript, fmt, include_words=words, postprocess=result.postprocess)
+
+
+def transcript_response(
+    transcript: Transcript, fmt: ResponseFormat, *, include_words: bool, postprocess: dict[str, Any] | None
+) -> Response:
+    """A transcript in `fmt`, as `/v1/audio/*` and a job's result answer it: JSON formats with the post-processing
+    result beside them, text formats with the mask counts in an `X-Redactions` header."""
+    body = render(transcript, fmt, include_words=include_words)
     if isinstance(body, dict):
-        if fmt in (ResponseFormat.verbose_json, ResponseFormat.diarized_json) or result.postprocess is not None:
-            body.setdefault("language", result.transcript.language)
-        if result.postprocess is not None:
-            body["postprocess"] = result.postprocess
+        if fmt in (ResponseFormat.verbose_json, ResponseFormat.diarized_json) or postprocess is not None:
+            body.setdefault("language", transcript.language)
+        if postprocess is not None:
+            body["postprocess"] = postprocess
         return JSONResponse(body)
     headers = {}
-    redactions = text_report(result.transcript).get("redactions")
-    if redactions is not None:  # the text formats carry the mask counts in a header
+    redactions = text_report(transcript).get("redactions")
+    if redactions is not None:
         headers["X-Redactions"] = ",".join(f"{k}={v}" for k, v in redactions.items())
     return PlainTextResponse(body, media_type=MEDIA_TYPES[fmt], headers=headers)
 

@@ -67,11 +67,11 @@ def _masked(transcript: Transcript) -> tuple[Transcript, Counter[str]]:
     words = pii.redact_words([w.word for s in transcript.segments for w in (s.words or [])])
     segments = []
     for s, masked_text in zip(transcript.segments, texts):
-        masked_words = None
-        if s.words:
-            mine, words = words[: len(s.words)], words[len(s.words):]
-            masked_words = [dataclasses.replace(w, word=m) for w, m in zip(s.words, mine) if m.strip()]
-        segments.append(dataclasses.replace(s, text=masked_text, words=masked_words if s.words else s.words))
+        own = s.words
+        if own:
+            mine, words = words[: len(own)], words[len(own):]
+            own = [dataclasses.replace(w, word=m) for w, m in zip(own, mine) if m.strip()]
+        segments.append(dataclasses.replace(s, text=masked_text, words=own))
     return dataclasses.replace(transcript, text=text, segments=segments), counts
 
 
