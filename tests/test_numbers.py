@@ -88,6 +88,8 @@ def test_spoken_references_become_written(itn_cache: Path) -> None:
             continue
         before += textnorm.error_rate(c.reference, (c.reference_alt,), "ko")
         after += textnorm.error_rate(normalize_text(c.reference, "ko", cache), (c.reference_alt,), "ko")
+    if before == 0:
+        pytest.skip("no Korean clip here whose two reference forms differ in numbers (../shared/audio has 7)")
     assert after < before * 0.5, (before, after)
 
 
