@@ -159,10 +159,10 @@ async def transcribe_planned(
     options: TranscribeOptions,
     transcribe: Callable[[int, DecodedAudio], Awaitable[Transcript]],
 ) -> Transcript:
-    """Every channel of the plan through `transcribe(channel, audio)` (the caller's scheduler call, at its priority;
-    `source` gives the upload's format, `duration` its length)
-    at once, so their windows batch together; merged in time order with speakers. When one channel fails, or the caller is cancelled, the other channels' work is dropped too (a
-    plain gather would leave it running in the scheduler for nobody)."""
+    """Every channel of the plan through `transcribe(channel, audio)` (the caller's scheduler call, at its
+    priority) at once, so their windows batch together; merged in time order with speakers. `source` gives the
+    upload's format, `duration` its length. When one channel fails, or the caller is cancelled, the other channels'
+    work is dropped too (a plain gather would leave it running in the scheduler for nobody)."""
     channels = [channel for channel, _ in channel_plan.tracks]
     work = [asyncio.ensure_future(transcribe(channel, track_audio(samples, source)))
             for channel, samples in channel_plan.tracks]
