@@ -96,12 +96,13 @@ _TRAILING_PUNCTUATION = re.compile(r"[^\w%]+$")
 _DIGIT_RUN = re.compile(r"\d+(?:[.,:]\d+)*")
 
 
-def _ko_unit(text: str, *, attached: bool) -> bool:
-    return any(text.startswith(u) for u in _KO_UNITS if attached or u != "일")
-
-
 def _ko_unit_length(rest: str) -> int:
     return max((len(u) for u in _KO_UNITS if rest.startswith(u)), default=0)
+
+
+def _ko_unit_word(word: str) -> bool:
+    """A unit as a word of its own after a number ("삼천 원"); 일 is not one (see _KO_UNITS)."""
+    return bool(_ko_unit_length(word)) and not word.startswith("일")
 
 
 def _ko_particle(text: str) -> bool:
@@ -157,7 +158,7 @@ def korean_number_spans(words: list[str]) -> list[tuple[int, int]]:
             if particle or _TRAILING_PUNCTUATION.search(word):
                 break
         ends_bare = j > i and not _TRAILING_PUNCTUATION.search(words[j - 1]) and not after_unit
-        if ends_bare and j < len(words) and not _KO_HEAD.match(words[j]) and _ko_unit(words[j], attached=False):
+        if ends_bare and j < len(words) and not _KO_HEAD.match(words[j]) and _ko_unit_word(words[j]):
             evident, j = True, j + 1  # the unit as a word of its own: "삼천 원", "백 퍼센트"
         if j > i and evident:
             spans.append((i, j))
