@@ -357,15 +357,18 @@ class _ChannelMerge:
     has come."""
 
     plan: channels_mod.ChannelPlan
-    channels: list[int]
-    template: DecodedAudio  # the upload's format, without its samples
+    template: DecodedAudio  # the upload's format, without its samples (the mono mix is not kept)
     duration: float
 
     @classmethod
     async def start(cls, decoded: DecodedAudio, tracks: list[np.ndarray], names: list[str] | None) -> _ChannelMerge:
         channel_plan = await channels_mod.plan_split(decoded, tracks, names)
         template = channels_mod.track_audio(np.zeros(0, dtype=np.float32), decoded)
-        return cls(channel_plan, [c for c, _ in channel_plan.tracks], template, decoded.duration)
+        return cls(channel_plan, template, decoded.duration)
+
+    @property
+    def channels(self) -> list[int]:
+        return [channel for channel, _ in self.plan.tracks]
 
     @property
     def speakers(self) -> list[str]:
