@@ -171,8 +171,12 @@ def test_stream_never_sends_what_the_filter_drops(novad_server: str, tmp_path: P
     sent = "".join(deltas)
     print(f"deltas {deltas}; dropped {[(d['text'], d['reasons']) for d in done['dropped_segments']]}")
     assert sent == done["text"], (deltas, done["text"])
+    kept = compact("".join(s["text"] for s in done["segments"]))
     for d in done["dropped_segments"]:
-        assert compact(d["text"]) not in compact(sent), (d, deltas)
+        # a kept segment may say the same words ("아, 이 공연은 포기하지 않는다." beside a dropped "이 공연은"
+        # loop), so count: what was sent holds the phrase no more often than the kept segments do
+        phrase = compact(d["text"])
+        assert compact(sent).count(phrase) == kept.count(phrase), (d, deltas)
     assert error_rate(done["segments"][0]["text"], speech) < 0.3
 
 
