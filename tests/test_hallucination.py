@@ -127,26 +127,38 @@ def _caller_then_music(tmp_path: Path) -> Path:
     return call
 
 
+ATTEMPTS = 5
+
+
 def test_music_after_speech_phrase_dropped_and_listed(novad_server: str, tmp_path: Path) -> None:
-    """A Korean clip, a pause, then music; VAD off: Whisper writes "수고하셨습니다" and loops ("이 노래는" x4)
-    over the music. Over music the decoder falls back to sampling, so what it invents varies between runs."""
+    """A Korean clip, a pause, then music; VAD off: Whisper writes "수고하셨습니다", "고마워요" or a loop ("이 노래는"
+    x4) over the music, and whatever it writes is kept out of the text and listed.
+
+    Over music every temperature fails, so the decoder keeps a sample taken at up to 1.0: what it invents varies
+    between runs, and in about one run of three it is only noise words ("1.", "I've been a big fan of you.") that no
+    list names. So the call is sent until something listed was invented (at most ATTEMPTS times), and every answer
+    on the way is checked too."""
     speech = clip("ko/ett_pma00031.wav")
     call = _caller_then_music(tmp_path)
-    response = post_audio(novad_server, "/v1/audio/transcriptions", call, language="ko", response_format="verbose_json")
-    assert response.status_code == 200, response.text
-    body = response.json()
-    dropped = body["dropped_segments"]
-    raw = [(round(x["start"], 1), round(x["end"], 1), x["avg_logprob"], x["no_speech_prob"], x["text"])
-           for x in body["segments"]]
     phrases = load_phrases("ko")
-    # what was invented over the music is listed: a stock phrase or a loop (which one varies between runs)
-    assert dropped, raw
-    assert all(phrases.matches(d["text"]) or "repetition" in d["reasons"] for d in dropped), dropped
-    assert all(len(d["reasons"]) >= (2 if "repetition" in d["reasons"] else 1) for d in dropped)
-    for d in dropped:
-        assert all(s["id"] != d["id"] for s in body["segments"])
-    assert "수고하셨습니다" not in body["text"] and "시청" not in body["text"]
-    assert error_rate(body["segments"][0]["text"], speech) < 0.3  # the caller's words are kept
+    seen = []
+    for _ in range(ATTEMPTS):
+        response = post_audio(novad_server, "/v1/audio/transcriptions", call, language="ko",
+                              response_format="verbose_json")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        dropped = body["dropped_segments"]
+        # what was dropped is listed with its evidence: a stock phrase or a loop, never the caller's words
+        assert all(phrases.matches(d["text"]) or "repetition" in d["reasons"] for d in dropped), dropped
+        assert all(len(d["reasons"]) >= (2 if "repetition" in d["reasons"] else 1) for d in dropped)
+        for d in dropped:
+            assert all(s["id"] != d["id"] for s in body["segments"])
+        assert "수고하셨습니다" not in body["text"] and "시청" not in body["text"]
+        assert error_rate(body["segments"][0]["text"], speech) < 0.3  # the caller's words are kept
+        seen.append([(round(x["start"], 1), round(x["end"], 1), x["avg_logprob"], x["text"]) for x in body["segments"]])
+        if dropped:
+            break
+    assert dropped, seen
     metrics = httpx.get(novad_server + "/metrics").text
     assert 'stt_hallucinated_segments_dropped_total{language="ko"}' in metrics
 
