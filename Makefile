@@ -40,6 +40,10 @@ test-fast: install-test
 	$(BIN)/python -m pytest -q tests/test_units.py tests/test_scheduler.py tests/test_config.py tests/test_engine.py \
 		tests/test_api_core.py tests/test_streaming.py
 
+lint: $(VENV)/.installed-test
+	$(BIN)/python -m pip install --quiet ruff
+	$(BIN)/ruff check src tests bench
+
 bench: $(VENV)/.installed-test
 	$(BIN)/stt-engine bench
 
