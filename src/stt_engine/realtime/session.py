@@ -340,6 +340,9 @@ class RealtimeSession:
                         if self._metrics is not None:
                             self._metrics.realtime_partial_latency.observe(time.monotonic() - started)
                 wait = self.partial_interval - (time.monotonic() - started)
+                if audio is not None and len(audio) < MIN_PARTIAL_SECONDS * SAMPLE_RATE:
+                    # the first hypothesis as soon as the turn has enough audio, not an interval later
+                    wait = max(0.05, min(wait, MIN_PARTIAL_SECONDS - len(audio) / SAMPLE_RATE))
                 if item.paused.is_set() and item.early is None:
                     wait = min(wait, 0.05)  # a pause began: decode the candidate final now
                 if wait > 0:
