@@ -166,6 +166,23 @@ async def test_close_answers_every_waiting_request_with_503() -> None:
     assert scheduler.queued_requests == 0
 
 
+async def test_the_drain_admits_and_serves_a_request_still_arriving() -> None:
+    """SIGTERM's drain, told that an upload is still in flight: the request it becomes is admitted and served
+    within the grace; once the drain is over, a new request gets 503."""
+    engine = StandInEngine(workers=1)
+    scheduler = Scheduler(engine, max_queue_seconds=10_000)
+    arrived = threading.Event()
+    drain = asyncio.ensure_future(asyncio.to_thread(scheduler.close, 5, lambda: not arrived.is_set()))
+    await asyncio.sleep(0.2)
+    late = asyncio.ensure_future(scheduler.transcribe(audio("late", 10), EN))
+    await asyncio.sleep(0)  # admitted and queued: its request is no longer only in flight
+    arrived.set()
+    assert (await asyncio.wait_for(late, 5)).text == "late"
+    await asyncio.wait_for(drain, 5)
+    with pytest.raises(ShuttingDown):
+        await scheduler.transcribe(audio("after", 10), EN)
+
+
 async def test_timeout_runs_from_the_first_decode_not_from_admission() -> None:
     engine = StandInEngine(workers=1, delay=0.3)
     engine.gate.clear()

@@ -141,3 +141,108 @@ def test_past_the_grace_a_request_gets_503_in_its_error_shape(tmp_path: Path, at
         if response.status_code == 503:
             assert response.json()["error"]["code"] == "shutting_down", response.text
     assert set(Path("/tmp").glob("stt-upload-*")) <= uploads, "an upload was left behind"
+
+
+SHORT = "en/picovoice_test_en.wav"  # 5.9 s
+
+
+def _slow_upload(base: str, path: Path, seconds: float, result: dict[str, httpx.Response | BaseException]) -> None:
+    """POST `path` as a multipart upload whose body takes `seconds` to arrive (a slow client, or a big file)."""
+    boundary = "stt-engine-test-boundary"
+    data = path.read_bytes()
+    pieces = 20
+
+    def body() -> Iterator[bytes]:
+        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
+               "Content-Type: audio/wav\r\n\r\n").encode()
+        step = len(data) // pieces + 1
+        for i in range(0, len(data), step):
+            yield data[i: i + step]
+            time.sleep(seconds / pieces)
+        yield f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="language"\r\n\r\nen\r\n--{boundary}--\r\n'.encode()
+
+    try:
+        result["response"] = httpx.post(base + "/v1/audio/transcriptions", content=body(), timeout=120,
+                                        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    except BaseException as exc:  # noqa: BLE001 - reported by the caller's assertion
+        result["response"] = exc
+
+
+def _served_or_refused(response: httpx.Response | BaseException, audio: Path | None, *, served: bool) -> None:
+    """The promise: the transcript (required when `served`), or a 503 in the route's error shape."""
+    assert isinstance(response, httpx.Response), response
+    if served or response.status_code == 200:
+        assert response.status_code == 200, response.text
+        if audio is not None:
+            assert error_rate(response.json()["text"], clip(str(audio))) <= 0.25, response.text
+    else:
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "shutting_down", response.text
+
+
+@pytest.mark.parametrize("signal_after", [0.3, 1.5])
+def test_sigterm_during_an_upload_serves_it_within_the_grace(tmp_path: Path, signal_after: float) -> None:
+    """A request whose body is still arriving when SIGTERM comes was accepted before it: it is transcribed (the
+    drain waits for it and admits it), not refused; then the process exits 0."""
+    short = clip(SHORT)
+    with server_process(tmp_path, SHUTDOWN_GRACE_S="60") as (proc, base):
+        result: dict[str, httpx.Response | BaseException] = {}
+        worker = threading.Thread(target=_slow_upload, args=(base, short.path, 3.0, result))
+        worker.start()
+        time.sleep(signal_after)
+        proc.send_signal(signal.SIGTERM)
+        worker.join(timeout=120)
+        _served_or_refused(result.get("response", RuntimeError("no response")), Path(SHORT), served=True)
+        assert proc.wait(timeout=60) == 0
+
+
+def test_an_upload_still_arriving_past_the_grace_gets_503_in_its_error_shape(tmp_path: Path) -> None:
+    short = clip(SHORT)
+    with server_process(tmp_path, SHUTDOWN_GRACE_S="1") as (proc, base):
+        result: dict[str, httpx.Response | BaseException] = {}
+        worker = threading.Thread(target=_slow_upload, args=(base, short.path, 4.0, result))
+        worker.start()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        worker.join(timeout=60)
+        _served_or_refused(result.get("response", RuntimeError("no response")), None, served=False)
+        assert result["response"].status_code == 503  # type: ignore[union-attr]
+        assert proc.wait(timeout=60) == 0
+
+
+@pytest.mark.parametrize("grace", ["60", "1"])
+def test_sigterm_with_requests_queued(tmp_path: Path, grace: str) -> None:
+    """One worker busy with a long file and two short requests queued behind it when SIGTERM comes: with room in
+    the grace all three are transcribed; past it each gets its transcript or a 503 in the error shape."""
+    short = clip(SHORT)
+    long = clip(LONG)
+    with server_process(tmp_path, SHUTDOWN_GRACE_S=grace, WHISPER_NUM_WORKERS="1",
+                        WHISPER_SOLO_INSTANCE="false") as (proc, base):
+        results: list[dict[str, httpx.Response | BaseException]] = [{}, {}, {}]
+
+        def post(path: Path, result: dict[str, httpx.Response | BaseException]) -> None:
+            try:
+                with path.open("rb") as handle:
+                    result["response"] = httpx.post(base + "/v1/audio/transcriptions", files={"file": handle},
+                                                    data={"language": "en"}, timeout=300)
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                result["response"] = exc
+
+        workers = [threading.Thread(target=post, args=(p, r))
+                   for p, r in zip((long.path, short.path, short.path), results)]
+        workers[0].start()
+        deadline = time.monotonic() + 60
+        while httpx.get(base + "/health", timeout=5).json().get("queue", {}).get("requests", 0) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        for w in workers[1:]:
+            w.start()
+        while httpx.get(base + "/health", timeout=5).json().get("queue", {}).get("requests", 0) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        for w in workers:
+            w.join(timeout=300)
+        for audio, result in zip((LONG, SHORT, SHORT), results):
+            _served_or_refused(result.get("response", RuntimeError("no response")), Path(audio), served=grace == "60")
+        assert proc.wait(timeout=60) == 0

@@ -40,7 +40,9 @@ _DRAIN_MARGIN_S = 5.0
 
 def _draining_server(config: Any, app: Any) -> Any:
     """uvicorn's server, plus: on SIGTERM the scheduler starts draining at once, so a request still waiting when
-    SHUTDOWN_GRACE_S ends gets a 503 in its route's error shape, not uvicorn's plain 500 when it cuts connections."""
+    SHUTDOWN_GRACE_S ends gets a 503 in its route's error shape, not uvicorn's plain 500 when it cuts connections.
+    Until then the drain also waits for, and admits, the POST requests already in flight (an upload still arriving),
+    since uvicorn takes no new connections."""
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
@@ -49,8 +51,10 @@ def _draining_server(config: Any, app: Any) -> Any:
             scheduler = app.state.scheduler
             if scheduler is not None and not getattr(app.state, "draining", False):
                 app.state.draining = True
+                work = app.state.work_in_flight
                 threading.Thread(
-                    target=scheduler.close, args=(app.state.settings.shutdown_grace_s,), name="stt-drain", daemon=True
+                    target=scheduler.close, args=(app.state.settings.shutdown_grace_s, lambda: work.count > 0),
+                    name="stt-drain", daemon=True,
                 ).start()
 
     return DrainingServer(config)

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from stt_engine import __version__
 from stt_engine.api.errors import install_error_handlers
 from stt_engine.api.jobs_routes import router as jobs_router
-from stt_engine.api.middleware import BodyGuardMiddleware, RequestContextMiddleware
+from stt_engine.api.middleware import BodyGuardMiddleware, RequestContextMiddleware, WorkInFlight
 from stt_engine.api.postprocess_routes import router as postprocess_router
 from stt_engine.api.realtime_routes import router as realtime_router
 from stt_engine.api.routes import router
@@ -113,7 +113,9 @@ def create_app(settings: Settings | None = None, *, model: ResolvedModel | None 
         metrics=app.state.metrics,
     )
     install_security(app, settings)
-    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, router=app.router)
+    app.state.work_in_flight = WorkInFlight()
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, router=app.router,
+                       work=app.state.work_in_flight)
     app.include_router(router)
     app.include_router(postprocess_router)
     install_docs(app, settings)

@@ -56,15 +56,25 @@ def _incoming_request_id(scope: Scope) -> str | None:
     return value if value and len(value) <= 128 and _VALID_REQUEST_ID.match(value) else None
 
 
+class WorkInFlight:
+    """POST requests being served (uploads, transcriptions, post-processing, job intake): the work a draining
+    server lets finish. Read from the drain thread; an int under the GIL needs no lock."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 class RequestContextMiddleware:
     """Outermost layer: gives every request an id (kept from `X-Request-ID` or made), echoes it, counts and
     times the request, and writes one access line with the transcription figures the route left in
     `request.state` (`audio_seconds`, `processing_seconds`, `queue_wait_seconds`)."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, router: Router | None = None) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, router: Router | None = None,
+                 work: WorkInFlight | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.router = router
+        self.work = work or WorkInFlight()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,7 +98,9 @@ class RequestContextMiddleware:
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
+        work = 1 if scope.get("method") == "POST" else 0
         self.metrics.in_flight.inc()
+        self.work.count += work
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
@@ -97,6 +109,7 @@ class RequestContextMiddleware:
             log.exception("unhandled error on %s", scope.get("path"))
             await send_error(scope, send_with_id, STTError("Internal server error; the request was not processed."))
         finally:
+            self.work.count -= work
             self.metrics.in_flight.dec()
             self._finish(scope, state, status, time.perf_counter() - started)
 

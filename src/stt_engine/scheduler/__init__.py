@@ -217,15 +217,19 @@ class Scheduler:
             self._drop(ticket, "failed")
             raise
 
-    def close(self, timeout: float | None = None) -> None:
-        """Stop taking work and let admitted requests finish for at most `timeout` seconds (None: no limit); then
-        answer every request still waiting with 503, and stop the threads."""
+    def close(self, timeout: float | None = None, busy: Callable[[], bool] | None = None) -> None:
+        """Let the work in flight finish for at most `timeout` seconds (None: no limit); then answer every request
+        still waiting with 503, refuse new ones, and stop the threads.
+
+        `busy` says whether requests not queued here yet are still in flight (an upload still arriving when SIGTERM
+        came): the drain waits for them too, and admits them when they get here, so a request the server had
+        already accepted is served within the grace instead of refused."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
+            while (self._tickets or (busy is not None and busy())) and (deadline is None or time.monotonic() < deadline):
+                self._cond.wait(timeout=0.1 if deadline is None else max(0.01, min(0.1, deadline - time.monotonic())))
             self._stopping = True
             self._cond.notify_all()
-            while self._tickets and (deadline is None or time.monotonic() < deadline):
-                self._cond.wait(timeout=0.1 if deadline is None else max(0.01, min(0.1, deadline - time.monotonic())))
             left = list(self._tickets.values())
             for ticket in left:
                 self._forget(ticket)
