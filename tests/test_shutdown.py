@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.llm_fixtures import VLLMStandIn
 from tests.support import REPO, SHARED_AUDIO, clip, error_rate, free_port
 
 LONG = "en/en_longform_librispeech_librivox_concat.wav"  # 77.7 s: several seconds of decoding on CPU
@@ -245,4 +246,36 @@ def test_sigterm_with_requests_queued(tmp_path: Path, grace: str) -> None:
             w.join(timeout=300)
         for audio, result in zip((LONG, SHORT, SHORT), results):
             _served_or_refused(result.get("response", RuntimeError("no response")), Path(audio), served=grace == "60")
+        assert proc.wait(timeout=60) == 0
+
+
+def test_sigterm_during_post_processing(tmp_path: Path, vllm: VLLMStandIn) -> None:
+    """SIGTERM while the LLM is still writing a summary (4 s, inside the grace): the client gets its transcript and
+    the summary, then the process exits 0."""
+    short = clip(SHORT)
+    vllm.behaviour.delay_s = 4.0
+    with server_process(tmp_path, SHUTDOWN_GRACE_S="60", VLLM_BASE_URL=vllm.base_url, VLLM_TIMEOUT_S="30") as (
+        proc, base,
+    ):
+        result: dict[str, httpx.Response | BaseException] = {}
+
+        def transcribe() -> None:
+            try:
+                with short.path.open("rb") as handle:
+                    result["response"] = httpx.post(base + "/transcribe", files={"file": handle},
+                                                    data={"language": "en", "postprocess": "summarize"}, timeout=120)
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                result["response"] = exc
+
+        worker = threading.Thread(target=transcribe)
+        worker.start()
+        deadline = time.monotonic() + 60
+        while not vllm.generation_requests():
+            assert time.monotonic() < deadline and worker.is_alive(), result
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        worker.join(timeout=120)
+        response = result.get("response", RuntimeError("no response"))
+        _served_or_refused(response, Path(SHORT), served=True)
+        assert response.json()["postprocess"]["text"], response.text  # type: ignore[union-attr]
         assert proc.wait(timeout=60) == 0
