@@ -160,7 +160,8 @@ def _slow_upload(base: str, path: Path, seconds: float, result: dict[str, httpx.
         for i in range(0, len(data), step):
             yield data[i: i + step]
             time.sleep(seconds / pieces)
-        yield f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="language"\r\n\r\nen\r\n--{boundary}--\r\n'.encode()
+        yield (f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="language"\r\n\r\nen\r\n'
+               f"--{boundary}--\r\n").encode()
 
     try:
         result["response"] = httpx.post(base + "/v1/audio/transcriptions", content=body(), timeout=120,

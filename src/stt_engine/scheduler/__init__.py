@@ -225,8 +225,12 @@ class Scheduler:
         came): the drain waits for them too, and admits them when they get here, so a request the server had
         already accepted is served within the grace instead of refused."""
         deadline = None if timeout is None else time.monotonic() + timeout
+
+        def working() -> bool:
+            return bool(self._tickets) or (busy is not None and busy())
+
         with self._cond:
-            while (self._tickets or (busy is not None and busy())) and (deadline is None or time.monotonic() < deadline):
+            while working() and (deadline is None or time.monotonic() < deadline):
                 self._cond.wait(timeout=0.1 if deadline is None else max(0.01, min(0.1, deadline - time.monotonic())))
             self._stopping = True
             self._cond.notify_all()
