@@ -10,16 +10,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.llm_fixtures import VLLMStandIn
-from tests.support import REPO, SHARED_AUDIO, clip, error_rate, free_port
+from tests.support import REPO, clip, error_rate, free_port
 
 LONG = "en/en_longform_librispeech_librivox_concat.wav"  # 77.7 s: several seconds of decoding on CPU
+SHORT = "en/picovoice_test_en.wav"  # 5.9 s
+
+Outcome = dict[str, httpx.Response | BaseException]
 
 
 @contextlib.contextmanager
@@ -57,26 +60,45 @@ def _accepts_connections(base: str) -> bool:
         return False
 
 
+def _in_background(request: Callable[[], httpx.Response]) -> tuple[threading.Thread, Outcome]:
+    """Run `request` on a thread; its response, or what it raised, lands in the returned dict under "response"."""
+    result: Outcome = {}
+
+    def run() -> None:
+        try:
+            result["response"] = request()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's assertion
+            result["response"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def _post_file(base: str, route: str, name: str, *, timeout: float, **data: str) -> Callable[[], httpx.Response]:
+    """A multipart POST of the clip `name` to `route`, to run with `_in_background`."""
+    path = clip(name).path
+
+    def post() -> httpx.Response:
+        with path.open("rb") as handle:
+            return httpx.post(base + route, files={"file": handle}, data=data, timeout=timeout)
+
+    return post
+
+
+def _wait_until_queued(base: str, requests: int, worker: threading.Thread, result: Outcome) -> None:
+    """Until /health shows `requests` requests queued or decoding (at most 60 s, and while `worker` runs)."""
+    deadline = time.monotonic() + 60
+    while httpx.get(base + "/health", timeout=5).json().get("queue", {}).get("requests", 0) < requests:
+        assert time.monotonic() < deadline and worker.is_alive(), result
+        time.sleep(0.1)
+
+
 def test_sigterm_during_long_transcription(tmp_path: Path) -> None:
     with server_process(tmp_path, SHUTDOWN_GRACE_S="120") as (proc, base):
-        result: dict[str, httpx.Response | BaseException] = {}
-
-        def transcribe() -> None:
-            try:
-                with (SHARED_AUDIO / LONG).open("rb") as handle:
-                    result["response"] = httpx.post(
-                        base + "/v1/audio/transcriptions", files={"file": (Path(LONG).name, handle)},
-                        data={"language": "en"}, timeout=300,
-                    )
-            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-                result["response"] = exc
-
-        worker = threading.Thread(target=transcribe)
-        worker.start()
-        deadline = time.monotonic() + 60
-        while httpx.get(base + "/health", timeout=5).json().get("queue", {}).get("requests", 0) < 1:
-            assert time.monotonic() < deadline and worker.is_alive(), result
-            time.sleep(0.1)
+        worker, result = _in_background(
+            _post_file(base, "/v1/audio/transcriptions", LONG, timeout=300, language="en"))
+        _wait_until_queued(base, 1, worker, result)
         time.sleep(0.5)  # well inside the decoding
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -113,23 +135,9 @@ def test_past_the_grace_a_request_gets_503_in_its_error_shape(tmp_path: Path, at
     (never uvicorn's plain 500), no upload is left behind, and the process exits 0, promptly."""
     uploads = set(Path("/tmp").glob("stt-upload-*"))
     with server_process(tmp_path, SHUTDOWN_GRACE_S="1") as (proc, base):
-        result: dict[str, httpx.Response | BaseException] = {}
-
-        def transcribe() -> None:
-            try:
-                with (SHARED_AUDIO / LONG).open("rb") as handle:
-                    result["response"] = httpx.post(
-                        base + "/v1/audio/transcriptions", files={"file": handle}, timeout=120
-                    )
-            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-                result["response"] = exc
-
-        worker = threading.Thread(target=transcribe, daemon=True)
-        worker.start()
-        deadline = time.monotonic() + 60
-        while httpx.get(base + "/health", timeout=5).json().get("queue", {}).get("requests", 0) < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        worker, result = _in_background(
+            _post_file(base, "/v1/audio/transcriptions", LONG, timeout=120))
+        _wait_until_queued(base, 1, worker, result)
         time.sleep(0.2 * attempt)  # VAD, the first window, later windows
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -144,12 +152,10 @@ def test_past_the_grace_a_request_gets_503_in_its_error_shape(tmp_path: Path, at
     assert set(Path("/tmp").glob("stt-upload-*")) <= uploads, "an upload was left behind"
 
 
-SHORT = "en/picovoice_test_en.wav"  # 5.9 s
-
-
-def _slow_upload(base: str, path: Path, seconds: float, result: dict[str, httpx.Response | BaseException]) -> None:
-    """POST `path` as a multipart upload whose body takes `seconds` to arrive (a slow client, or a big file)."""
+def _slow_upload(base: str, name: str, seconds: float) -> Callable[[], httpx.Response]:
+    """A multipart POST of the clip `name` whose body takes `seconds` to arrive (a slow client, or a big file)."""
     boundary = "stt-engine-test-boundary"
+    path = clip(name).path
     data = path.read_bytes()
     pieces = 20
 
@@ -163,20 +169,17 @@ def _slow_upload(base: str, path: Path, seconds: float, result: dict[str, httpx.
         yield (f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="language"\r\n\r\nen\r\n'
                f"--{boundary}--\r\n").encode()
 
-    try:
-        result["response"] = httpx.post(base + "/v1/audio/transcriptions", content=body(), timeout=120,
-                                        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    except BaseException as exc:  # noqa: BLE001 - reported by the caller's assertion
-        result["response"] = exc
+    return lambda: httpx.post(base + "/v1/audio/transcriptions", content=body(), timeout=120,
+                              headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
 
-def _served_or_refused(response: httpx.Response | BaseException, audio: Path | None, *, served: bool) -> None:
+def _served_or_refused(response: httpx.Response | BaseException, audio: str | None, *, served: bool) -> None:
     """The promise: the transcript (required when `served`), or a 503 in the route's error shape."""
     assert isinstance(response, httpx.Response), response
     if served or response.status_code == 200:
         assert response.status_code == 200, response.text
         if audio is not None:
-            assert error_rate(response.json()["text"], clip(str(audio))) <= 0.25, response.text
+            assert error_rate(response.json()["text"], clip(audio)) <= 0.25, response.text
     else:
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "shutting_down", response.text
@@ -186,24 +189,18 @@ def _served_or_refused(response: httpx.Response | BaseException, audio: Path | N
 def test_sigterm_during_an_upload_serves_it_within_the_grace(tmp_path: Path, signal_after: float) -> None:
     """A request whose body is still arriving when SIGTERM comes was accepted before it: it is transcribed (the
     drain waits for it and admits it), not refused; then the process exits 0."""
-    short = clip(SHORT)
     with server_process(tmp_path, SHUTDOWN_GRACE_S="60") as (proc, base):
-        result: dict[str, httpx.Response | BaseException] = {}
-        worker = threading.Thread(target=_slow_upload, args=(base, short.path, 3.0, result))
-        worker.start()
+        worker, result = _in_background(_slow_upload(base, SHORT, 3.0))
         time.sleep(signal_after)
         proc.send_signal(signal.SIGTERM)
         worker.join(timeout=120)
-        _served_or_refused(result.get("response", RuntimeError("no response")), Path(SHORT), served=True)
+        _served_or_refused(result.get("response", RuntimeError("no response")), SHORT, served=True)
         assert proc.wait(timeout=60) == 0
 
 
 def test_an_upload_still_arriving_past_the_grace_gets_503_in_its_error_shape(tmp_path: Path) -> None:
-    short = clip(SHORT)
     with server_process(tmp_path, SHUTDOWN_GRACE_S="1") as (proc, base):
-        result: dict[str, httpx.Response | BaseException] = {}
-        worker = threading.Thread(target=_slow_upload, args=(base, short.path, 4.0, result))
-        worker.start()
+        worker, result = _in_background(_slow_upload(base, SHORT, 4.0))
         time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
         worker.join(timeout=60)
@@ -216,60 +213,32 @@ def test_an_upload_still_arriving_past_the_grace_gets_503_in_its_error_shape(tmp
 def test_sigterm_with_requests_queued(tmp_path: Path, grace: str) -> None:
     """One worker busy with a long file and two short requests queued behind it when SIGTERM comes: with room in
     the grace all three are transcribed; past it each gets its transcript or a 503 in the error shape."""
-    short = clip(SHORT)
-    long = clip(LONG)
+    clips = (LONG, SHORT, SHORT)
     with server_process(tmp_path, SHUTDOWN_GRACE_S=grace, WHISPER_NUM_WORKERS="1",
                         WHISPER_SOLO_INSTANCE="false") as (proc, base):
-        results: list[dict[str, httpx.Response | BaseException]] = [{}, {}, {}]
-
-        def post(path: Path, result: dict[str, httpx.Response | BaseException]) -> None:
-            try:
-                with path.open("rb") as handle:
-                    result["response"] = httpx.post(base + "/v1/audio/transcriptions", files={"file": handle},
-                                                    data={"language": "en"}, timeout=300)
-            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-                result["response"] = exc
-
-        workers = [threading.Thread(target=post, args=(p, r))
-                   for p, r in zip((long.path, short.path, short.path), results)]
-        workers[0].start()
-        deadline = time.monotonic() + 60
-        while httpx.get(base + "/health", timeout=5).json().get("queue", {}).get("requests", 0) < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        for w in workers[1:]:
-            w.start()
-        while httpx.get(base + "/health", timeout=5).json().get("queue", {}).get("requests", 0) < 3:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        posts = [_post_file(base, "/v1/audio/transcriptions", name, timeout=300, language="en")
+                 for name in clips]
+        running = [_in_background(posts[0])]
+        _wait_until_queued(base, 1, *running[0])
+        running += [_in_background(post) for post in posts[1:]]
+        _wait_until_queued(base, 3, *running[-1])
         proc.send_signal(signal.SIGTERM)
-        for w in workers:
-            w.join(timeout=300)
-        for audio, result in zip((LONG, SHORT, SHORT), results):
-            _served_or_refused(result.get("response", RuntimeError("no response")), Path(audio), served=grace == "60")
+        for worker, _ in running:
+            worker.join(timeout=300)
+        for name, (_, result) in zip(clips, running):
+            _served_or_refused(result.get("response", RuntimeError("no response")), name, served=grace == "60")
         assert proc.wait(timeout=60) == 0
 
 
 def test_sigterm_during_post_processing(tmp_path: Path, vllm: VLLMStandIn) -> None:
     """SIGTERM while the LLM is still writing a summary (4 s, inside the grace): the client gets its transcript and
     the summary, then the process exits 0."""
-    short = clip(SHORT)
     vllm.behaviour.delay_s = 4.0
     with server_process(tmp_path, SHUTDOWN_GRACE_S="60", VLLM_BASE_URL=vllm.base_url, VLLM_TIMEOUT_S="30") as (
         proc, base,
     ):
-        result: dict[str, httpx.Response | BaseException] = {}
-
-        def transcribe() -> None:
-            try:
-                with short.path.open("rb") as handle:
-                    result["response"] = httpx.post(base + "/transcribe", files={"file": handle},
-                                                    data={"language": "en", "postprocess": "summarize"}, timeout=120)
-            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-                result["response"] = exc
-
-        worker = threading.Thread(target=transcribe)
-        worker.start()
+        worker, result = _in_background(_post_file(base, "/transcribe", SHORT, timeout=120,
+                                                   language="en", postprocess="summarize"))
         deadline = time.monotonic() + 60
         while not vllm.generation_requests():
             assert time.monotonic() < deadline and worker.is_alive(), result
@@ -277,6 +246,6 @@ def test_sigterm_during_post_processing(tmp_path: Path, vllm: VLLMStandIn) -> No
         proc.send_signal(signal.SIGTERM)
         worker.join(timeout=120)
         response = result.get("response", RuntimeError("no response"))
-        _served_or_refused(response, Path(SHORT), served=True)
+        _served_or_refused(response, SHORT, served=True)
         assert response.json()["postprocess"]["text"], response.text  # type: ignore[union-attr]
         assert proc.wait(timeout=60) == 0
