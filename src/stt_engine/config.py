@@ -1,7 +1,7 @@
 """Settings: the one home of every knob, read from environment variables and an optional `.env`.
 
 Each field's environment variable is its upper-case name (``whisper_model`` -> ``WHISPER_MODEL``).
-`.env.example` and the README list them all; `tests/test_config.py` checks that the three agree.
+`.env.example` and docs/operations-and-settings.md list them all; `tests/test_config.py` checks that the three agree.
 """
 
 from __future__ import annotations
