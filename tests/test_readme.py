@@ -193,3 +193,10 @@ def test_relative_links_lead_somewhere(page: Path) -> None:
         if anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
             broken.append(target)
     assert not broken, f"{page.name}: {broken}"
+
+
+def test_readme_names_every_subcommand() -> None:
+    """The README's list of commands is the CLI's: a new subcommand is listed where a newcomer looks."""
+    text = README.read_text(encoding="utf-8")
+    unnamed = [name for name in _subcommands() if f"`{name}`" not in text]
+    assert not unnamed, f"add these stt-engine commands to the README's command list: {unnamed}"
