@@ -77,6 +77,7 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="Longest audio accepted; at most MAX_QUEUE_SECONDS, so that a file that long fits."
     )
     max_concurrent_decodes: int = Field(2, ge=1, description="Uploads decoded at once; more wait their turn.")
+    diarize_concurrency: int = Field(2, ge=1, description="Diarizations (speaker turns) run at once; more wait.")
     max_prompt_chars: int = Field(2000, ge=0)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     auth_open_paths: Annotated[list[str], NoDecode] = Field(
