@@ -152,6 +152,15 @@ class Settings(BaseSettings):
         False, description="With masking, also return the unmasked text as original_text (JSON formats)."
     )
 
+    # --- speaker diarization (see docs/diarization.md) -------------------------------------------
+    diarization_model_dir: Path | None = Field(
+        None, description="Folder of the CAM++ speaker model; default MODEL_CACHE_DIR/campplus-cn-en-common."
+    )
+    diarize_threshold: float = Field(
+        0.6, gt=0, lt=1, description="Cosine similarity above which two groups of speech are one speaker."
+    )
+    diarize_cpu_threads: int = Field(0, ge=0, description="Threads of one diarization; 0 = half the cores (at least 1).")
+
     @field_validator("api_keys", "auth_open_paths", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -161,7 +170,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "whisper_model", "whisper_default_language", "vllm_base_url", "vllm_model", "jobs_url",
-        "server_ssl_certfile", "server_ssl_keyfile", mode="before"
+        "server_ssl_certfile", "server_ssl_keyfile", "diarization_model_dir", mode="before"
     )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
