@@ -9,7 +9,10 @@ context-aware masking, transit layers, statistics pooling, a dense layer with a 
 The graph is built once (about a second) and onnxruntime runs it; the `onnx` package is needed only to build it.
 
 Input `feats`: [batch, frames, 80] Kaldi log-mel fbank, mean-normalised per window (see `features.py`).
-Output `embedding`: [batch, 192].
+Outputs: `embedding` [batch, 192] pooled over the whole input, and `frames` [batch, 512, ceil(frames / 2)], the
+frame-level activations before statistics pooling: the diarizer runs the network once over a stretch of speech and
+pools many overlapping windows out of `frames` (`pool_embeddings`, with the dense layer's weights kept beside the
+graph in `dense.npz`), which costs a third of embedding each window on its own.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ CHECKPOINT_NAME = "campplus_cn_en_common.pt"
 CHECKPOINT_SIZE = 28_044_640
 CHECKPOINT_SHA256 = "92f29b94e6948786a26778c9e302525d185bb08c8b9f5252ed98776902840199"
 ONNX_NAME = "campplus.onnx"
+DENSE_NAME = "dense.npz"
 EMBEDDING_DIM = 192
+FRAME_CHANNELS = 512  # frame-level output before statistics pooling, one frame per 20 ms
 SEGMENT_FRAMES = 100  # CAM++'s context-aware masking pools over segments of 100 frames (after the stride of 2)
 _BN_EPS = 1e-5
 _OPSET = 17
@@ -184,6 +189,7 @@ def build_onnx(state: dict[str, np.ndarray]) -> bytes:
         x = g.relu(g.bn(x, f"xvector.transit{block}.nonlinear.batchnorm"))
         x = g.conv(x, f"xvector.transit{block}.linear")
     x = g.relu(g.bn(x, "xvector.out_nonlinear.batchnorm"))
+    g.nodes.append(helper.make_node("Identity", [x], ["frames"]))
     # statistics pooling: mean and unbiased standard deviation over frames
     mean = g.op("ReduceMean", [x], axes=[2], keepdims=1)
     diff = g.op("Sub", [x, mean])
@@ -198,9 +204,31 @@ def build_onnx(state: dict[str, np.ndarray]) -> bytes:
     graph = helper.make_graph(
         g.nodes, "campplus",
         [helper.make_tensor_value_info("feats", TensorProto.FLOAT, ["batch", "frames", 80])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", EMBEDDING_DIM])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", EMBEDDING_DIM]),
+         helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["batch", FRAME_CHANNELS, "out_frames"])],
         initializer=[numpy_helper.from_array(v, name=k) for k, v in g.inits.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)], producer_name="stt-engine")
     model.ir_version = 8
     return model.SerializeToString()
+
+
+def dense_weights(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The dense layer after statistics pooling, for `pool_embeddings` (stored as `dense.npz`)."""
+    return {
+        "weight": state["xvector.dense.linear.weight"][:, :, 0].astype(np.float32),  # [192, 1024]
+        "mean": state["xvector.dense.nonlinear.batchnorm.running_mean"].astype(np.float32),
+        "var": state["xvector.dense.nonlinear.batchnorm.running_var"].astype(np.float32),
+    }
+
+
+def pool_embeddings(frames: np.ndarray, spans: list[tuple[int, int]], dense: dict[str, np.ndarray]) -> np.ndarray:
+    """Embeddings [len(spans), 192] of the windows `spans` (start, end output frames) of `frames` [512, T]:
+    mean and unbiased standard deviation over the window, the dense layer, its non-affine batch norm."""
+    stats = np.empty((len(spans), 2 * FRAME_CHANNELS), dtype=np.float32)
+    for i, (start, end) in enumerate(spans):
+        window = frames[:, start:end]
+        stats[i, :FRAME_CHANNELS] = window.mean(axis=1)
+        stats[i, FRAME_CHANNELS:] = window.std(axis=1, ddof=1) if end - start > 1 else 0.0
+    out = stats @ dense["weight"].T
+    return (out - dense["mean"]) / np.sqrt(dense["var"] + _BN_EPS)

