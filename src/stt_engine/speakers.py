@@ -183,10 +183,10 @@ async def with_turns(transcription: Awaitable[T], turns: Awaitable[list[Any]]) -
 
 
 async def prepare(settings: Settings, request: DiarizeRequest) -> None:
-    """Decode and check the references before any other work, so a bad one is a 400 before the upload is read."""
-    if request.references:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(_executor(settings), check_references, request, settings)
+    """Before any other work: the model loaded (or a 503 saying how to install it), and the references decoded and
+    checked, so a bad one is a 400 before the upload is read."""
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(_executor(settings), check_references, request, settings)
 
 
 # --- the policy: turns onto segments ----------------------------------------------------------------------
