@@ -201,7 +201,8 @@ def _original_body(t: Transcript) -> dict[str, Any]:
         "duration": round(t.duration, 3),
         "segments": [
             {"start": float(s.start), "end": float(s.end), "text": s.text}
-            | ({"speaker": s.speaker, "channel": s.channel} if getattr(s, "speaker", None) is not None else {})
+            | ({"speaker": s.speaker} if getattr(s, "speaker", None) is not None else {})
+            | ({"channel": s.channel} if getattr(s, "channel", None) is not None else {})
             | ({"words": [{"word": w.word.strip(), "start": float(w.start), "end": float(w.end)} for w in s.words]}
                if s.words else {})
             for s in t.segments
