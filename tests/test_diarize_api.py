@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from faster_whisper.transcribe import Segment, Word
 
+from stt_engine.api.schemas import DiarizationResponse, TranscribeResponse, TranscriptionDiarized
 from stt_engine.audio import SAMPLE_RATE, decode
 from stt_engine.diarize import SpeakerTurn
 from stt_engine.engine import Transcript
@@ -135,7 +136,8 @@ def test_three_speakers_found_with_the_same_text(server: str, three: dict) -> No
     segments = three["segments"]
     assert all(s["type"] == "transcript.text.segment" and s["id"].startswith("seg_") for s in segments)
     speakers = list(dict.fromkeys(s["speaker"] for s in segments))
-    assert speakers == ["A", "B", "C"], segments  # three, lettered in order of first appearance
+    assert speakers == ["A", "B", "C"], segments
+    TranscriptionDiarized.model_validate(three)  # the /docs schema describes the wire  # three, lettered in order of first appearance
     # each true turn under its own label: the first word of each
     label = {w: s["speaker"] for s in segments for w in _words_of(s["text"])}
     assert len({label.get("begins"), label.get("crocodile"), label.get("gentlemen")}) == 3, segments
@@ -206,6 +208,7 @@ def test_srt_vtt_and_text_show_the_speakers(server: str, three: dict) -> None:
 def test_original_route_gains_speakers(server: str) -> None:
     body = _post(server, clip(THREE).path, route="/transcribe", language="en", diarize="true").json()
     assert body["success"] and body["speakers"] == ["A", "B", "C"], body
+    TranscribeResponse.model_validate(body)
     assert all(s["speaker"] in body["speakers"] for s in body["segments"])
     assert "words" not in body["segments"][0]  # word timings were for the split only
 
@@ -250,6 +253,7 @@ def test_diarization_route_gives_turns_only(server: str) -> None:
     r = _post(server, clip(THREE).path, route="/v1/audio/diarization")
     assert r.status_code == 200, r.text
     body = r.json()
+    DiarizationResponse.model_validate(body)
     assert body["speakers"] == ["A", "B", "C"] and "text" not in body
     turns = body["segments"]
     assert all(a["end"] <= b["start"] + 1e-6 for a, b in zip(turns, turns[1:]))
