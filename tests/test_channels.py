@@ -75,7 +75,7 @@ def test_stereo_call_srt_vtt_text_and_original_route(server: str, call: Path) ->
     route = "/v1/audio/transcriptions"
     srt = post_audio(server, route, call, language="ko", response_format="srt", channels="split", **NAMES).text
     cues = [b.split("\n")[2] for b in srt.strip().split("\n\n")]
-    assert any(c.startswith("상담원: ") for c in cues) and any(c.startswith("고객: ") for c in cues), srt
+    assert any(c.startswith("[상담원] ") for c in cues) and any(c.startswith("[고객] ") for c in cues), srt
     vtt = post_audio(server, route, call, language="ko", response_format="vtt", channels="split").text
     assert "<v A>" in vtt and "<v B>" in vtt, vtt  # no names given: A, B
     body = post_audio(server, "/transcribe", call, language="ko", channels="split", **NAMES).json()

@@ -405,3 +405,30 @@ def test_live_with_api_keys_sends_the_key_as_a_subprotocol(browser: object, keye
         assert page.locator("#notice").is_hidden()
     finally:
         v.close()
+
+
+def test_speakers_show_in_colour_and_renamed_names_flow_into_the_downloads(visit: Visit) -> None:
+    """The "Speakers" option: three voices get three colours and names; a name typed in goes into every download."""
+    page, c = visit.page, clip("en/picovoice_diarization_test_3spk.wav")
+    page.set_checked("#speakers", True)
+    _upload(page, c.path, language="en")
+    _result_text(page)
+    chips = page.locator("#segments .speaker")
+    labels = list(dict.fromkeys(chips.all_inner_texts()))
+    assert labels == ["A", "B", "C"], labels
+    colours = {page.evaluate("(el) => getComputedStyle(el).backgroundColor", chips.nth(i).element_handle())
+               for i in range(chips.count())}
+    assert len(colours) == 3, colours
+    page.fill("#speaker-list input[data-speaker=A]", "Host")
+    assert "Host" in chips.all_inner_texts() and "A" not in chips.all_inner_texts()
+    bodies = {}
+    for fmt in ("srt", "vtt", "txt", "json"):
+        with page.expect_download() as info:
+            page.click(f"[data-download={fmt}]")
+        bodies[fmt] = Path(info.value.path()).read_text(encoding="utf-8")
+    assert "[Host] " in bodies["srt"] and "[B] " in bodies["srt"], bodies["srt"]
+    assert "<v Host>" in bodies["vtt"] and "<v C>" in bodies["vtt"], bodies["vtt"]
+    assert bodies["txt"].startswith("Host: "), bodies["txt"]
+    assert __import__("json").loads(bodies["json"])["speakers"] == ["Host", "B", "C"]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "speakers.png"), full_page=True)

@@ -77,6 +77,7 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="Longest audio accepted; at most MAX_QUEUE_SECONDS, so that a file that long fits."
     )
     max_concurrent_decodes: int = Field(2, ge=1, description="Uploads decoded at once; more wait their turn.")
+    diarize_concurrency: int = Field(2, ge=1, description="Diarizations (speaker turns) run at once; more wait.")
     max_prompt_chars: int = Field(2000, ge=0)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     auth_open_paths: Annotated[list[str], NoDecode] = Field(
@@ -151,6 +152,15 @@ class Settings(BaseSettings):
         False, description="With masking, also return the unmasked text as original_text (JSON formats)."
     )
 
+    # --- speaker diarization (see docs/diarization.md) -------------------------------------------
+    diarization_model_dir: Path | None = Field(
+        None, description="Folder of the CAM++ speaker model; default MODEL_CACHE_DIR/campplus-cn-en-common."
+    )
+    diarize_threshold: float = Field(
+        0.6, gt=0, lt=1, description="Cosine similarity above which two groups of speech are one speaker."
+    )
+    diarize_cpu_threads: int = Field(0, ge=0, description="Threads of one diarization; 0 = half the cores (at least 1).")
+
     @field_validator("api_keys", "auth_open_paths", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -160,7 +170,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "whisper_model", "whisper_default_language", "vllm_base_url", "vllm_model", "jobs_url",
-        "server_ssl_certfile", "server_ssl_keyfile", mode="before"
+        "server_ssl_certfile", "server_ssl_keyfile", "diarization_model_dir", mode="before"
     )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:

@@ -1,6 +1,7 @@
 """Render a `Transcript` as OpenAI's response formats: json, text, srt, vtt, verbose_json, diarized_json.
 
-Segments that carry a speaker (channels=split) show it in every format."""
+Segments that carry a speaker (channels=split, or diarization) show it in every format: a `[A]` prefix in srt, a
+`<v A>` voice in vtt, an `A: ...` line per turn in text, a `speaker` field in the JSON formats."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def timestamp(seconds: float, separator: str) -> str:
 
 
 def speaker_of(segment: Any) -> str | None:
-    """The segment's speaker (channels=split), else None."""
+    """The segment's speaker (channels=split or diarization), else None."""
     return getattr(segment, "speaker", None)
 
 
@@ -51,7 +52,7 @@ def _has_speakers(transcript: Transcript) -> bool:
 def to_srt(transcript: Transcript) -> str:
     def cue(s: Any) -> str:
         speaker = speaker_of(s)
-        return f"{speaker}: {s.text.strip()}" if speaker is not None else s.text
+        return f"[{speaker}] {s.text.strip()}" if speaker is not None else s.text
 
     blocks = [
         f"{i}\n{timestamp(s.start, ',')} --> {timestamp(s.end, ',')}\n{cue(s)}\n"
@@ -82,7 +83,8 @@ def to_speaker_text(transcript: Transcript) -> str:
 
 
 def to_diarized_json(transcript: Transcript) -> dict[str, Any]:
-    """OpenAI's diarized_json. Without channels=split every segment is speaker A (mono is not diarized)."""
+    """OpenAI's diarized_json. Speakers come from channels=split or diarization; a transcript without either (a
+    stream's done event of another format) is all speaker A."""
     return {
         "task": transcript.task,
         "language": transcript.language,
@@ -119,7 +121,8 @@ def to_verbose_json(transcript: Transcript, include_words: bool) -> dict[str, An
                 "compression_ratio": float(s.compression_ratio),
                 "no_speech_prob": float(s.no_speech_prob),
             }
-            | ({"speaker": speaker_of(s), "channel": s.channel} if speaker_of(s) is not None else {})
+            | ({"speaker": speaker_of(s)} if speaker_of(s) is not None else {})
+            | ({"channel": s.channel} if getattr(s, "channel", None) is not None else {})
             for s in transcript.segments
         ],
     }

@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from stt_engine import __version__
+from stt_engine.api.diarization import router as diarization_router
 from stt_engine.api.errors import install_error_handlers
 from stt_engine.api.jobs_routes import router as jobs_router
 from stt_engine.api.middleware import BodyGuardMiddleware, RequestContextMiddleware, WorkInFlight
@@ -117,6 +118,7 @@ def create_app(settings: Settings | None = None, *, model: ResolvedModel | None 
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, router=app.router,
                        work=app.state.work_in_flight)
     app.include_router(router)
+    app.include_router(diarization_router)
     app.include_router(postprocess_router)
     install_docs(app, settings)
     install_web(app)

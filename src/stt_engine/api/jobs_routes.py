@@ -15,12 +15,18 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from stt_engine import audio as audio_mod
+from stt_engine import speakers as speakers_mod
 from stt_engine.api.routes import (
     ChannelsField,
+    DiarizeField,
     FileField,
+    MaxSpeakersField,
+    MinSpeakersField,
     NormalizeField,
     RedactField,
     SpeakerNamesField,
+    SpeakerReferencesField,
+    diarize_choice,
     model_languages,
     parse_format,
     parse_speaker_names,
@@ -101,13 +107,17 @@ async def create_job(
     normalize: NormalizeField = None,
     channels: ChannelsField = None,
     known_speaker_names: SpeakerNamesField = None,
+    diarize: DiarizeField = None,
+    known_speaker_references: SpeakerReferencesField = None,
+    min_speakers: MinSpeakersField = None,
+    max_speakers: MaxSpeakersField = None,
     webhook_url: Annotated[str | None, Form(description="POSTed {id, status} when the job finishes")] = None,
     webhook_secret: Annotated[str | None, Form(description="Signs each delivery (X-STT-Signature)")] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
 ) -> JSONResponse:
     settings = request.app.state.settings
     service = _service(request)
-    parse_format(response_format)
+    fmt = parse_format(response_format)
     words = _granularities(timestamp_granularities)
     webhook = validate_webhook_url(webhook_url)
     options = build_options(
@@ -115,6 +125,10 @@ async def create_job(
     )
     text = text_options(settings, redact=redact, normalize=normalize)  # as the sync routes check them
     split = split_channels_choice(settings, channels)
+    diarization = diarize_choice(diarize, fmt, split, known_speaker_names, known_speaker_references,
+                                 min_speakers, max_speakers)
+    if diarization is not None:  # a bad reference is a 400 now, not a failed job later
+        await speakers_mod.prepare(settings, diarization)
     if postprocess:
         request.app.state.postprocessor.validate(postprocess, postprocess_prompt)
     if file is None or isinstance(file, str):
@@ -146,6 +160,7 @@ async def create_job(
             idempotency_key=key, redact="pii" if text.redact else "none",
             normalize="numbers" if text.normalize_numbers else "none", channels="split" if split else "mix",
             known_speaker_names=parse_speaker_names(known_speaker_names),
+            diarize=speakers_mod.request_to_dict(diarization),
         )
         stored, created = await service.submit(job)
     except BaseException:

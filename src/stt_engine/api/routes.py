@@ -23,6 +23,7 @@ from stt_engine.errors import InvalidRequest, NotReady, STTError, quote
 from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render, text_report
 from stt_engine.metrics import CONTENT_TYPE
 from stt_engine.options import build_options
+from stt_engine.speakers import DiarizeRequest, parse_request, speakers_of
 from stt_engine.textproc import text_options
 
 router = APIRouter()
@@ -38,6 +39,17 @@ ChannelsField = Annotated[
 SpeakerNamesField = Annotated[
     list[str] | None, Form(alias="known_speaker_names[]", description="Speaker names in channel order (split)")
 ]
+DiarizeField = Annotated[
+    bool | None, Form(description="Who spoke (mono audio): segments get speakers A, B, ... (or a known speaker's "
+                      "name); on by default with response_format=diarized_json")
+]
+SpeakerReferencesField = Annotated[
+    list[str] | None, Form(alias="known_speaker_references[]",
+                           description="With diarization: data URLs of 2-10 s of each known speaker's voice, in the "
+                           "order of known_speaker_names[] (up to 4)")
+]
+MinSpeakersField = Annotated[int | None, Form(description="With diarization: at least this many speakers")]
+MaxSpeakersField = Annotated[int | None, Form(description="With diarization: at most this many speakers")]
 NormalizeField = Annotated[
     str | None, Form(max_length=10, description="numbers: spoken numbers to written form (NeMo ITN); none; "
                      "default NORMALIZE_DEFAULT")
@@ -148,6 +160,11 @@ async def transcribe(
     channels: ChannelsField = None,
     known_speaker_names: SpeakerNamesField = None,
     normalize: NormalizeField = None,
+    diarize: Annotated[bool, Form(description="Who spoke (mono audio): segments[].speaker and a speakers list")]
+    = False,
+    known_speaker_references: SpeakerReferencesField = None,
+    min_speakers: MinSpeakersField = None,
+    max_speakers: MaxSpeakersField = None,
 ) -> Response:
     settings = request.app.state.settings
     split = split_channels_choice(settings, channels)
@@ -156,15 +173,17 @@ async def transcribe(
         word_timestamps=word_timestamps,
     )
     text = text_options(settings, redact=redact, normalize=normalize)
+    diarization = diarize_choice(diarize, None, split, known_speaker_names, known_speaker_references,
+                                 min_speakers, max_speakers)
     if stream:
         _no_postprocess_when_streaming(postprocess)
         return await stream_upload(
             request, file, options, final=lambda t: {"success": True, **_original_body(t)}, text=text,
-            split_channels=split, speaker_names=parse_speaker_names(known_speaker_names),
+            split_channels=split, speaker_names=parse_speaker_names(known_speaker_names), diarization=diarization,
         )
     result = await transcribe_upload(
         request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt, text=text,
-        split_channels=split, speaker_names=parse_speaker_names(known_speaker_names),
+        split_channels=split, speaker_names=parse_speaker_names(known_speaker_names), diarization=diarization,
     )
     body: dict[str, Any] = {"success": True, **_original_body(result.transcript)}
     body["processing_time"] = round(result.processing_seconds, 3)
@@ -182,11 +201,13 @@ def _original_body(t: Transcript) -> dict[str, Any]:
         "duration": round(t.duration, 3),
         "segments": [
             {"start": float(s.start), "end": float(s.end), "text": s.text}
-            | ({"speaker": s.speaker, "channel": s.channel} if getattr(s, "speaker", None) is not None else {})
+            | ({"speaker": s.speaker} if getattr(s, "speaker", None) is not None else {})
+            | ({"channel": s.channel} if getattr(s, "channel", None) is not None else {})
             | ({"words": [{"word": w.word.strip(), "start": float(w.start), "end": float(w.end)} for w in s.words]}
                if s.words else {})
             for s in t.segments
         ],
+        **({"speakers": speakers} if (speakers := speakers_of(t)) else {}),
         **text_report(t),
     }
 
@@ -194,6 +215,18 @@ def _original_body(t: Transcript) -> dict[str, Any]:
 def parse_speaker_names(values: list[str] | None) -> list[str] | None:
     """`known_speaker_names[]`, repeated fields or one comma-separated value."""
     return [n.strip() for v in (values or []) for n in v.split(",") if n.strip()] or None
+
+
+def diarize_choice(
+    diarize: bool | None, fmt: ResponseFormat | None, split: bool, names: list[str] | None,
+    references: list[str] | None, min_speakers: int | None, max_speakers: int | None,
+) -> DiarizeRequest | None:
+    """Whether to diarize, and how: asked for (`diarize=true`), or implied by diarized_json or references; never with
+    channels=split, whose channels are the speakers (names then name the channels)."""
+    wanted = diarize if diarize is not None else (fmt is ResponseFormat.diarized_json or bool(references))
+    if split or not wanted:
+        return None
+    return parse_request(parse_speaker_names(names), references, min_speakers, max_speakers)
 
 
 def split_channels_choice(settings: Any, value: str | None) -> bool:
@@ -251,9 +284,15 @@ async def _openai_audio(
     channels: str | None = None,
     known_speaker_names: list[str] | None = None,
     normalize: str | None = None,
+    diarize: bool | None = None,
+    known_speaker_references: list[str] | None = None,
+    min_speakers: int | None = None,
+    max_speakers: int | None = None,
 ) -> Response:
     fmt = parse_format(response_format)
     split = split_channels_choice(request.app.state.settings, channels)
+    diarization = diarize_choice(diarize, fmt, split, known_speaker_names, known_speaker_references,
+                                 min_speakers, max_speakers)
     granularities = [g for item in (granularities or []) for g in item.split(",") if g.strip()]
     unknown = sorted({g.strip() for g in granularities} - {"segment", "word"})
     if unknown:
@@ -272,11 +311,11 @@ async def _openai_audio(
         return await stream_upload(
             request, file, options, final=lambda t: _stream_done(t, fmt, words), text=text,
             split_channels=split, speaker_names=parse_speaker_names(known_speaker_names),
-            segment_events=fmt is ResponseFormat.diarized_json,
+            segment_events=fmt is ResponseFormat.diarized_json, diarization=diarization,
         )
     result = await transcribe_upload(
         request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt, text=text,
-        split_channels=split, speaker_names=parse_speaker_names(known_speaker_names),
+        split_channels=split, speaker_names=parse_speaker_names(known_speaker_names), diarization=diarization,
     )
     return transcript_response(result.transcript, fmt, include_words=words, postprocess=result.postprocess)
 
@@ -327,10 +366,15 @@ async def openai_transcriptions(
     channels: ChannelsField = None,
     known_speaker_names: SpeakerNamesField = None,
     normalize: NormalizeField = None,
+    diarize: DiarizeField = None,
+    known_speaker_references: SpeakerReferencesField = None,
+    min_speakers: MinSpeakersField = None,
+    max_speakers: MaxSpeakersField = None,
 ) -> Response:
     return await _openai_audio(
         request, "transcribe", file, language, prompt, response_format, temperature, timestamp_granularities,
         hotwords, postprocess, postprocess_prompt, stream, redact, channels, known_speaker_names, normalize,
+        diarize, known_speaker_references, min_speakers, max_speakers,
     )
 
 

@@ -17,7 +17,8 @@ class _Strict(BaseModel):
 
 _REDACTIONS = Field(None, description="Masks by type ([RRN] [PHONE] [CARD] [ACCOUNT] [EMAIL]), with redact=pii.")
 _ORIGINAL = Field(None, description="The unmasked text, with redact=pii and REDACT_KEEP_ORIGINAL=true.")
-_SPEAKER = Field(None, description="With channels=split: the channel's speaker name.")
+_SPEAKER = Field(None, description="With channels=split, the channel's speaker; with diarization, A, B, ... in order "
+                 "of first appearance, or a known speaker's name.")
 _CHANNEL = Field(None, description="With channels=split: the channel (0 = left).")
 
 
@@ -56,6 +57,8 @@ class TranscribeResponse(_Strict):
     processing_time: float = Field(description="Seconds from upload received to transcript ready.")
     segments: list[TranscribeSegment]
     postprocess: PostprocessResult | None = Field(None, description="Present when `postprocess` was asked for.")
+    speakers: list[str] | None = Field(None, description="With diarize=true or channels=split: the speakers, in "
+                                       "order of first appearance.")
     redactions: dict[str, int] | None = _REDACTIONS
     original_text: str | None = _ORIGINAL
 
@@ -121,7 +124,7 @@ class DiarizedSegment(_Strict):
 
 
 class TranscriptionDiarized(_Strict):
-    """`response_format=diarized_json` (OpenAI's shape); speakers come from channels=split."""
+    """`response_format=diarized_json` (OpenAI's shape); speakers come from diarization, or from channels=split."""
 
     task: str
     language: str | None
@@ -131,6 +134,22 @@ class TranscriptionDiarized(_Strict):
     postprocess: PostprocessResult | None = Field(None, description="Present when `postprocess` was asked for.")
     redactions: dict[str, int] | None = _REDACTIONS
     original_text: str | None = _ORIGINAL
+
+
+# --- POST /v1/audio/diarization -----------------------------------------------------------------------------
+class SpeakerTurnOut(_Strict):
+    start: float
+    end: float
+    speaker: str = Field(description="A, B, ... in order of first appearance, or a known speaker's name.")
+
+
+class DiarizationResponse(_Strict):
+    """Who spoke when, without transcription."""
+
+    object: str = "audio.diarization"
+    duration: float = Field(description="Audio length in seconds.")
+    speakers: list[str] = Field(description="The speakers, in order of first appearance.")
+    segments: list[SpeakerTurnOut]
 
 
 # text, srt and vtt are plain text in their own media types

@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from stt_engine import audio as audio_mod
 from stt_engine import channels as channels_mod
+from stt_engine import speakers as speakers_mod
 from stt_engine.api.errors import error_body
 from stt_engine.audio import DecodedAudio
 from stt_engine.config import Settings
@@ -186,10 +187,19 @@ async def transcribe_upload(
     text: TextOptions | None = None,
     split_channels: bool = False,
     speaker_names: list[str] | None = None,
+    diarization: speakers_mod.DiarizeRequest | None = None,
 ) -> TranscriptionResult:
-    """The whole path of one request's audio. Raises `STTError`s that the app renders in the route's shape."""
+    """The whole path of one request's audio. Raises `STTError`s that the app renders in the route's shape.
+
+    With `diarization` (and not channels=split, whose channels are the speakers), the mono audio is diarized in
+    the diarization executor while the scheduler transcribes it (with word timings, to split segments at speaker
+    changes), and the processed transcript gets its speakers."""
     if postprocess:
         request.app.state.postprocessor.validate(postprocess, postprocess_prompt)  # fail before any decoding
+    settings: Settings = request.app.state.settings
+    diarizing = diarization is not None and not split_channels
+    if diarizing:
+        await speakers_mod.prepare(settings, diarization)  # a bad reference is a 400 before the upload is decoded
     started = time.perf_counter()
     tracks: list[np.ndarray] = []
     decoded = await receive_audio(request, upload, channels_out=tracks if split_channels else None)
@@ -198,6 +208,11 @@ async def transcribe_upload(
     if split_channels:
         work = asyncio.ensure_future(channels_mod.transcribe_split(
             decoded, tracks, options, speaker_names, lambda audio: scheduler.transcribe(audio, options)
+        ))
+    elif diarizing:
+        work = asyncio.ensure_future(speakers_mod.with_turns(
+            scheduler.transcribe(decoded, dataclasses.replace(options, word_timestamps=True)),
+            speakers_mod.diarize(settings, decoded.samples, diarization),
         ))
     else:
         work = asyncio.ensure_future(scheduler.transcribe(decoded, options))
@@ -213,7 +228,15 @@ async def transcribe_upload(
             await work
         log.info("client disconnected; its transcription was dropped")
         raise STTError("Client disconnected.", status=499, code="client_closed_request")
-    transcript = await _processed(request, work.result(), text)
+    if diarizing:
+        assert diarization is not None
+        raw, turns = work.result()
+        transcript = await _processed(request, raw, text)
+        transcript = speakers_mod.SpeakerAssigner(turns, diarization.names, options.word_timestamps).transcript(
+            transcript
+        )
+    else:
+        transcript = await _processed(request, work.result(), text)
     del work
     if long_audio:
         await run_in_threadpool(audio_mod.release_memory)  # its samples are free now: hand them back to the OS
@@ -249,6 +272,7 @@ async def stream_upload(
     split_channels: bool = False,
     speaker_names: list[str] | None = None,
     segment_events: bool = False,
+    diarization: speakers_mod.DiarizeRequest | None = None,
 ) -> StreamingResponse:
     """`stream=true`: Server-Sent Events in OpenAI's shape. A `transcript.text.delta` for each run of segments as
     it becomes final (a request's sections are decoded in order, so the first arrive early), then
@@ -258,12 +282,23 @@ async def stream_upload(
     The deltas are the final text's own pieces: the segments go through the same filter, vocabulary, numbers and
     masking as the done text (`TextStream`), so nothing the done text drops or masks is ever sent, and the deltas
     concatenate to it. With `split_channels` (or `segment_events`), each processed segment is also announced as
-    OpenAI's diarized `transcript.text.segment` event, with its speaker, once every channel has passed its start."""
+    OpenAI's diarized `transcript.text.segment` event, with its speaker, once every channel has passed its start.
+    With `diarization` (mono), the audio is diarized while it is transcribed; segment events, split by speaker,
+    follow as soon as the speaker turns are known (deltas do not wait for them)."""
     started = time.perf_counter()
+    settings: Settings = request.app.state.settings
+    diarizing = diarization is not None and not split_channels
+    if diarizing:
+        await speakers_mod.prepare(settings, diarization)  # a bad reference is a 400 before the stream starts
     tracks: list[np.ndarray] = []
     decoded = await receive_audio(request, upload, channels_out=tracks if split_channels else None)
     scheduler: Scheduler = request.app.state.scheduler
-    settings: Settings = request.app.state.settings
+    turns_work: asyncio.Future[list[Any]] | None = None
+    track_options = options
+    if diarizing:
+        assert diarization is not None
+        turns_work = asyncio.ensure_future(speakers_mod.diarize(settings, decoded.samples, diarization))
+        track_options = dataclasses.replace(options, word_timestamps=True)
     loop = asyncio.get_running_loop()
     arrived: asyncio.Queue[tuple[int, list[Segment] | None, str | None]] = asyncio.Queue()
 
@@ -274,7 +309,7 @@ async def stream_upload(
 
     async def one_track(channel: int, audio: DecodedAudio) -> Transcript:
         transcript = await scheduler.transcribe(
-            audio, options, on_segments=receiver(channel), first_text_early=True
+            audio, track_options, on_segments=receiver(channel), first_text_early=True
         )
         arrived.put_nowait((channel, None, None))  # after its segments: the channel is finished
         return transcript
@@ -288,11 +323,25 @@ async def stream_upload(
     del decoded, tracks
     request_id = getattr(request.state, "request_id", None)
     stream = TextStream(settings, text)
-    announce = split_channels or segment_events
+    announce = split_channels or segment_events or diarizing
+    held: list[Segment] = []  # final segments waiting for the speaker turns
+    assigner: list[speakers_mod.SpeakerAssigner] = []
+
+    def new_assigner() -> speakers_mod.SpeakerAssigner:
+        assert turns_work is not None and diarization is not None
+        return speakers_mod.SpeakerAssigner(turns_work.result(), diarization.names, options.word_timestamps)
 
     def events_for(delta: str, segments: list[Segment]) -> Iterator[str]:
         if delta:
             yield _sse({"type": "transcript.text.delta", "delta": delta})
+        if diarizing:
+            held.extend(segments)
+            if not assigner and turns_work is not None and turns_work.done():
+                assigner.append(new_assigner())
+            if not assigner or not held:
+                return
+            segments = assigner[0].segments(held)
+            held.clear()
         if announce and segments:
             for segment in to_diarized_json(dataclasses.replace(_EMPTY, segments=segments))["segments"]:
                 yield _sse(segment)
@@ -304,10 +353,16 @@ async def stream_upload(
         try:
             while True:
                 getter = asyncio.ensure_future(arrived.get())
-                await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
+                waiting: set[asyncio.Future[Any]] = {getter, work}
+                if turns_work is not None and not assigner:
+                    waiting.add(turns_work)
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if turns_work is not None and turns_work.done() and not assigner:
+                    for event in events_for("", []):  # the turns are known: the held segments go out
+                        yield event
                 if not getter.done():
                     getter.cancel()
-                    if arrived.empty():
+                    if work.done() and arrived.empty():
                         break
                     continue
                 batch = [getter.result()]
@@ -327,10 +382,16 @@ async def stream_upload(
                 for event in events_for(delta, fresh):
                     yield event
             transcript = await _processed(request, work.result(), text)
+            if turns_work is not None and diarization is not None:
+                await turns_work
+                for event in events_for("", []):
+                    yield event
             _finished(request, transcript, started)
             delta, fresh = stream.finish(transcript)
             for event in events_for(delta, fresh):
                 yield event
+            if turns_work is not None:  # the done event's segments: as the segment events numbered them
+                transcript = new_assigner().transcript(transcript)
             yield _sse({"type": "transcript.text.done", "text": transcript.text, **final(transcript)})
         except STTError as exc:
             yield _sse({"type": "error", "error": error_body("/v1/", exc, request_id)["error"]})
@@ -339,6 +400,8 @@ async def stream_upload(
             failed = STTError("Transcription failed; the server log has the details under this request's id.")
             yield _sse({"type": "error", "error": error_body("/v1/", failed, request_id)["error"]})
         finally:
+            if turns_work is not None and not turns_work.done():
+                turns_work.cancel()
             if not work.done():
                 work.cancel()
                 log.info("client disconnected; its streamed transcription was dropped")

@@ -70,6 +70,7 @@ class Job:
     normalize: str | None = None  # numbers | none
     channels: str | None = None  # split | mix
     known_speaker_names: list[str] | None = None
+    diarize: dict[str, Any] | None = None  # speakers.request_to_dict: who spoke, on mono audio
     webhook_url: str | None = None
     webhook_secret: str | None = None
     idempotency_key: str | None = None
@@ -93,6 +94,8 @@ class Job:
     def transcribe_options(self) -> TranscribeOptions:
         values = dict(self.options)
         values["temperatures"] = tuple(values.get("temperatures") or ())
+        if self.diarize and self.channels != "split":  # word timings split segments where the speaker changes
+            values["word_timestamps"] = True
         return TranscribeOptions(**values)
 
     def public(self, *, include_result: bool = True) -> dict[str, Any]:
@@ -115,6 +118,7 @@ class Job:
             "normalize": self.normalize,
             "channels": self.channels or "mix",
             "known_speaker_names": self.known_speaker_names,
+            "diarize": self.diarize is not None,
             "attempts": self.attempts,
             "error": self.error,
             "webhook": {"url": self.webhook_url, "status": self.webhook_status, "attempts": self.webhook_attempts}

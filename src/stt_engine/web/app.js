@@ -30,6 +30,8 @@ const TEXT = {
     networkError: "The server could not be reached: {0}",
     liveUnavailable: "Live transcription could not start (/v1/realtime: {0}). Check the API key; an older server has no live endpoint.",
     jobNoTranslate: "Jobs transcribe only: untick \"Use a job\" to translate (files up to 10 minutes).",
+    speakersOption: "Speakers (who spoke)", speakersHelp: "Labels each part A, B, ... by voice; rename them in the result.",
+    speakerNames: "Speakers: rename them here; the downloads use these names", speakerLabel: "Name of speaker {0}",
   },
   ko: {
     skip: "본문으로 건너뛰기", views: "보기", tabUpload: "파일 업로드", tabRecord: "녹음", tabResult: "결과",
@@ -59,13 +61,17 @@ const TEXT = {
     networkError: "서버에 연결할 수 없습니다: {0}",
     liveUnavailable: "실시간 받아쓰기를 시작할 수 없습니다 (/v1/realtime: {0}). API 키를 확인하세요. 이전 버전 서버에는 실시간 기능이 없습니다.",
     jobNoTranslate: "작업은 받아쓰기만 합니다: 번역하려면 \"작업으로 처리\"를 해제하세요 (10분 이하 파일).",
+    speakersOption: "화자 구분 (누가 말했는지)", speakersHelp: "목소리로 구간마다 A, B, ...를 붙입니다. 결과에서 이름을 바꿀 수 있습니다.",
+    speakerNames: "화자: 여기서 이름을 바꾸면 내려받는 파일에도 쓰입니다", speakerLabel: "화자 {0}의 이름",
   },
 };
 
 const JOB_THRESHOLD_S = 600;  // longer files go through the jobs API
 const $ = (id) => document.getElementById(id);
 let lang = localStorage.getItem("stt-ui-lang") || ((navigator.language || "en").toLowerCase().startsWith("ko") ? "ko" : "en");
-let result = null;      // {text, language, duration, segments:[{start,end,text,words?}], name}
+let result = null;      // {text, language, duration, segments:[{start,end,text,words?,speaker?}], name, names?}
+// speaker colours: distinct, each readable under white text (WCAG AA on the chips)
+const SPEAKER_COLOURS = ["#0b57d0", "#b3261e", "#137333", "#8430ce", "#9a4a00", "#00695c", "#ad1457", "#4a5568"];
 let resultAudio = null; // object URL of the audio behind the result
 let llmConfigured = false;
 const jobAudio = new Map(); // job id -> object URL of the file uploaded from this tab
@@ -180,6 +186,7 @@ function uploadForm(file, forJob) {
   if (language) form.append("language", language);
   const hotwords = $("hotwords").value.trim();
   if (hotwords) form.append("hotwords", hotwords);
+  if ($("speakers").checked) form.append("diarize", "true");
   if (forJob) {
     form.append("response_format", "verbose_json");
     if ($("words").checked) form.append("timestamp_granularities[]", "word");
@@ -284,7 +291,7 @@ async function followJob(id) {
 function fromJob(job) {
   const r = job.result;
   return { text: r.text, language: r.language, duration: r.duration, name: job.filename || job.id,
-    segments: (r.segments || []).map((s) => ({ start: s.start, end: s.end, text: s.text, words: s.words })) };
+    segments: (r.segments || []).map((s) => ({ start: s.start, end: s.end, text: s.text, words: s.words, speaker: s.speaker })) };
 }
 
 // --- result -------------------------------------------------------------------------------------------
@@ -313,6 +320,7 @@ function showResult(r, audioUrl) {
   if (audioUrl) { player.src = audioUrl; player.hidden = false; } else { player.removeAttribute("src"); player.hidden = true; }
   const list = $("segments");
   list.textContent = "";
+  showSpeakers(r);
   r.segments.forEach((seg) => {
     const li = document.createElement("li");
     const b = document.createElement("button");
@@ -324,7 +332,9 @@ function showResult(r, audioUrl) {
     const tx = document.createElement("span");
     tx.className = "seg-text";
     tx.textContent = seg.text.trim();
-    b.append(ts, tx);
+    b.append(ts);
+    if (seg.speaker != null) b.append(speakerChip(seg.speaker));
+    b.append(tx);
     b.addEventListener("click", () => playPart(seg.start, seg.end));
     li.append(b);
     list.append(li);
@@ -336,6 +346,52 @@ function showResult(r, audioUrl) {
   selectTab("tab-result");
 }
 
+// --- speakers: a colour and a name each; renaming updates the list and every download ----------------------
+function speakerOrder(r) { return [...new Set(r.segments.map((s) => s.speaker).filter((x) => x != null))]; }
+function speakerColour(label) {
+  const i = speakerOrder(result).indexOf(label);
+  return SPEAKER_COLOURS[(i < 0 ? 0 : i) % SPEAKER_COLOURS.length];
+}
+function speakerName(label) { return (result && result.names && result.names[label]) || label; }
+
+function speakerChip(label) {
+  const chip = document.createElement("span");
+  chip.className = "speaker";
+  chip.dataset.speaker = label;
+  chip.style.setProperty("--speaker", speakerColour(label));
+  chip.textContent = speakerName(label);
+  return chip;
+}
+
+function showSpeakers(r) {
+  const order = speakerOrder(r);
+  r.names = r.names || {};
+  const box = $("speaker-list");
+  box.textContent = "";
+  $("speaker-names").hidden = order.length === 0;
+  order.forEach((label) => {
+    const field = document.createElement("label");
+    field.className = "speaker-field";
+    field.style.setProperty("--speaker", speakerColour(label));
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.setAttribute("aria-hidden", "true");
+    const input = document.createElement("input");
+    input.type = "text";
+    input.value = speakerName(label);
+    input.dataset.speaker = label;
+    input.setAttribute("aria-label", t("speakerLabel", label));
+    input.addEventListener("input", () => {
+      r.names[label] = input.value.trim() || label;
+      document.querySelectorAll("#segments .speaker").forEach((chip) => {
+        if (chip.dataset.speaker === label) chip.textContent = r.names[label];
+      });
+    });
+    field.append(swatch, input);
+    box.append(field);
+  });
+}
+
 let stopAt = null;
 function playPart(start, end) {
   const player = $("player");
@@ -344,12 +400,29 @@ function playPart(start, end) {
   if (player.readyState >= 1) go(); else player.addEventListener("loadedmetadata", go, { once: true });
 }
 
+/** The downloads, as the server writes them: with speakers, `Name: ...` lines per turn (TXT), a `[Name]` prefix
+ * (SRT), `<v Name>` voices (VTT) and the names in the segments (JSON); the names are the ones given above. */
 function rendered(fmt) {
   const segs = result.segments;
-  if (fmt === "txt") return result.text.trim() + "\n";
-  if (fmt === "json") return JSON.stringify(result, null, 2);
-  if (fmt === "srt") return segs.map((s, i) => (i + 1) + "\n" + clock(s.start, ",") + " --> " + clock(s.end, ",") + "\n" + s.text.trim() + "\n").join("\n");
-  return "WEBVTT\n\n" + segs.map((s) => clock(s.start, ".") + " --> " + clock(s.end, ".") + "\n" + s.text.trim() + "\n").join("\n");
+  const named = speakerOrder(result).length > 0;
+  const who = (s) => (s.speaker != null ? speakerName(s.speaker) : null);
+  if (fmt === "txt") {
+    if (!named) return result.text.trim() + "\n";
+    const turns = [];
+    segs.forEach((s) => {
+      const last = turns[turns.length - 1];
+      if (last && last[0] === who(s)) last[1].push(s.text.trim()); else turns.push([who(s), [s.text.trim()]]);
+    });
+    return turns.map(([name, parts]) => name + ": " + parts.join(" ") + "\n").join("");
+  }
+  if (fmt === "json") {
+    const out = Object.assign({}, result, { segments: segs.map((s) => (s.speaker != null ? Object.assign({}, s, { speaker: who(s) }) : s)) });
+    delete out.names;
+    if (named) out.speakers = speakerOrder(result).map(speakerName);
+    return JSON.stringify(out, null, 2);
+  }
+  if (fmt === "srt") return segs.map((s, i) => (i + 1) + "\n" + clock(s.start, ",") + " --> " + clock(s.end, ",") + "\n" + (who(s) != null ? "[" + who(s) + "] " : "") + s.text.trim() + "\n").join("\n");
+  return "WEBVTT\n\n" + segs.map((s) => clock(s.start, ".") + " --> " + clock(s.end, ".") + "\n" + (who(s) != null ? "<v " + who(s) + ">" : "") + s.text.trim() + "\n").join("\n");
 }
 
 function download(fmt) {
