@@ -99,6 +99,9 @@ class RealtimeSession:
         self._last_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.partial_interval = settings.realtime_partial_interval_ms / 1000
+        # monotonic time of the last audio append or commit: what the idle timeout counts from. Other events
+        # (clear, session.update, junk) do not keep a session alive, or one could hold a place for free forever.
+        self.last_activity = time.monotonic()
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -192,6 +195,7 @@ class RealtimeSession:
             raise ProtocolError("'audio' is not valid base64.", param="audio", code="invalid_base64") from None
         if not data:
             return
+        self.last_activity = time.monotonic()
         samples, probs = await run_in_threadpool(self._ingest, data)
         for ev in self._tracker.feed(samples, probs):
             await self._on_turn_event(ev)
@@ -216,6 +220,7 @@ class RealtimeSession:
                 f"{MIN_COMMIT_SECONDS * 1000:.0f}ms of audio, but buffer only has {seconds * 1000:.2f}ms of audio.",
                 code="input_audio_buffer_commit_empty",
             )
+        self.last_activity = time.monotonic()
         if self._item is not None and self.vad_on:
             await self._send(event("input_audio_buffer.speech_stopped", audio_end_ms=_ms(position),
                                    item_id=self._item.id))
