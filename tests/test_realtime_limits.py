@@ -133,7 +133,7 @@ def test_without_keys_sessions_count_per_client_address() -> None:
     client = SimpleNamespace(host="10.0.0.7")
     assert session_holder(keyed, "a", client) == session_holder(keyed, "a", SimpleNamespace(host="10.0.0.8"))
     assert session_holder(keyed, "a", client) != session_holder(keyed, "b", client)
-    assert "a" not in session_holder(keyed, "a", client).removeprefix("key:")  # a hash, never the key
+    assert "sk-secret" not in session_holder(keyed, "sk-secret", client)  # a hash, never the key
     assert session_holder(open_, None, client) == "addr:10.0.0.7"
     assert session_holder(open_, None, client) != session_holder(open_, None, SimpleNamespace(host="10.0.0.8"))
     assert session_holder(open_, None, None) == "addr:unknown"

@@ -147,13 +147,13 @@ async def realtime(websocket: WebSocket) -> None:
         await session.start()
         while not closed:
             now = time.monotonic()
-            idle_left = session.last_activity + settings.realtime_idle_timeout_s - now
+            idle_left = settings.realtime_idle_timeout_s - session.idle_for(now)
             try:
                 message = await asyncio.wait_for(websocket.receive(), max(0.0, min(idle_left, deadline - now)))
             except asyncio.TimeoutError:
                 now = time.monotonic()
-                if now < deadline and now - session.last_activity < settings.realtime_idle_timeout_s:
-                    continue
+                if now < deadline and session.idle_for(now) < settings.realtime_idle_timeout_s:
+                    continue  # audio came, or a commit was answered, since this wait began
                 if now >= deadline:
                     await refuse(f"The session reached its maximum length of {settings.realtime_max_session_s:g} s "
                                  "(REALTIME_MAX_SESSION_S). Open a new one to continue.", "session_expired",

@@ -175,7 +175,7 @@ def exhausted_error(job: Job, max_attempts: int) -> dict[str, Any]:
         "code": "job_attempts_exhausted",
         "message": f"The job was started {job.attempts} times (JOBS_MAX_ATTEMPTS={max_attempts}) and no run "
                    "finished it: the process running it stopped each time (crashed or was killed). It will not be "
-                   "started again; POST /v1/jobs/{id}/retry runs it again.",
+                   f"started again; POST /v1/jobs/{job.id}/retry runs it again.",
         "attempts": job.attempts,
     }
 
