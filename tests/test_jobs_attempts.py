@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stt_engine.jobs.models import JobStatus
 from tests.jobs_support import (
     Proc,
     Receiver,
@@ -148,3 +149,65 @@ def test_redis_a_job_whose_worker_is_killed_max_attempts_times_fails_once(tmp_pa
         for p in procs:
             p.kill9()
         redis.stop()
+
+
+async def test_the_attempt_is_counted_before_the_run_and_the_last_start_fails_it(tmp_path: Path) -> None:
+    """The state machine alone (SQLite, no model): each claim is a committed write; the claim after the last
+    allowed start fails the job (webhook pending) instead; a graceful hand-back returns its attempt; a retry by
+    hand starts over."""
+    from stt_engine.jobs.models import Job
+    from stt_engine.jobs.store import SQLiteJobStore
+
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    await store.insert(Job(id="job_a", webhook_url="https://hooks.example.com/x"))
+    for attempt in range(1, 3):
+        claimed = await store.claim("job_a", f"run{attempt}", 2)
+        assert claimed is not None and claimed.status == "processing" and claimed.attempts == attempt
+        reopened = SQLiteJobStore(tmp_path / "jobs.sqlite3")  # what a restarted process reads: already counted
+        assert (await reopened.get("job_a")).attempts == attempt
+        await reopened.close()
+    assert await store.requeue("job_a", "run2")  # SIGTERM: handed back in good order, the attempt returned
+    assert (await store.get("job_a")).attempts == 1
+    assert (await store.claim("job_a", "run3", 2)).attempts == 2
+    failed = await store.claim("job_a", "run4", 2)  # run3 died; the next start would be the third
+    assert failed is not None and failed.status == "failed" and failed.attempts == 2
+    assert failed.error["code"] == "job_attempts_exhausted" and failed.webhook_status == "pending"
+    assert failed.worker is None and failed.finished_at is not None
+    assert await store.claim("job_a", "run5", 2) is None  # never started again
+    assert await store.finish("job_a", "run3", JobStatus.completed) is None  # nor finished by the dead run
+
+    retried = await store.retry("job_a")
+    assert retried is not None and (retried.status, retried.attempts, retried.error) == ("queued", 0, None)
+    assert retried.webhook_status is None and retried.finished_at is None
+    assert await store.retry("job_a") is None  # only failed or cancelled jobs
+    assert (await store.claim("job_a", "run6", 2)).attempts == 1
+
+    await store.insert(Job(id="job_b", error={"code": "decode_crashed", "message": "the decoder died"}))
+    for attempt in range(2):
+        await store.claim("job_b", f"b{attempt}", 2)
+    kept = await store.claim("job_b", "b2", 2)  # a recorded error of its last attempt is kept
+    assert kept.status == "failed" and kept.error["code"] == "decode_crashed" and kept.error["attempts"] == 2
+    await store.close()
+
+
+async def test_a_retry_that_cannot_be_queued_leaves_the_job_failed(tmp_path: Path) -> None:
+    """Redis mode, queue down: the retry answers 503 and the job stays failed (not queued with no message)."""
+    from stt_engine.config import Settings
+    from stt_engine.jobs.models import Job
+    from stt_engine.jobs.service import JobService
+    from stt_engine.jobs.store import JobsUnavailable
+
+    class QueueDown:
+        async def enqueue(self, job_id: str) -> None:
+            raise JobsUnavailable("Could not queue the job (Redis unreachable).")
+
+    service = JobService(Settings(_env_file=None, data_dir=tmp_path), get_scheduler=lambda: None,
+                         get_postprocessor=lambda: None, run_jobs=False)
+    service.queue = QueueDown()  # type: ignore[assignment]
+    await service.store.insert(Job(id="job_f", status="failed", attempts=3, error={"code": "job_attempts_exhausted"}))
+    with pytest.raises(JobsUnavailable):
+        await service.retry("job_f")
+    job = await service.store.get("job_f")
+    assert (job.status, job.attempts, job.error) == ("failed", 3, {"code": "job_attempts_exhausted"})
+    service.queue = None
+    await service.stop()

@@ -92,11 +92,24 @@ class JobService:
     async def retry(self, job_id: str) -> Job | None:
         """Run a failed or cancelled job again from the start, its attempts reset; None when it is in another state.
         The audio is still stored until the retention sweep removes the finished job."""
+        before = await self.store.get(job_id)
         job = await self.store.retry(job_id)
-        if job is None:
+        if job is None or before is None:
             return None
         if self.queue is not None:
-            await self.queue.enqueue(job.id)
+            try:
+                await self.queue.enqueue(job.id)
+            except STTError:  # no message, no run: leave the job as it was, for a later retry
+
+                def restore(current: Job) -> bool:
+                    if current.status != JobStatus.queued.value or current.worker is not None:
+                        return False
+                    current.__dict__.update(before.__dict__)
+                    return True
+
+                with contextlib.suppress(Exception):
+                    await self.store._mutate(job_id, restore)
+                raise
         elif self.runner is not None:
             self.runner.wake()
         return job
