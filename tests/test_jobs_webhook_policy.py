@@ -79,6 +79,10 @@ async def test_creation_checks_literals_and_names_and_accepts_unresolvable_names
     assert await validate_webhook_url("http://no-such-host.invalid/x", policy()) == "http://no-such-host.invalid/x"
     with pytest.raises(InvalidRequest):  # a name outside the list is refused without a DNS lookup
         await validate_webhook_url("https://elsewhere.example/x", policy(webhook_allowed_hosts=["hooks.example.com"]))
+    with pytest.raises(InvalidRequest):  # only its address could admit it, and it has none
+        await validate_webhook_url("https://no-such-host.invalid/x", policy(webhook_allowed_hosts=["10.0.0.0/8"]))
+    listed = policy(webhook_allowed_hosts=["no-such-host.invalid"])
+    assert await validate_webhook_url("https://no-such-host.invalid/x", listed)  # listed by name: may come up later
     assert await validate_webhook_url(None, policy()) is None
 
 

@@ -155,7 +155,8 @@ def check_webhook_syntax(url: str | None) -> str | None:
 
 async def validate_webhook_url(url: str | None, policy: WebhookPolicy) -> str | None:
     """The URL to store, or a 400 naming why it cannot receive webhooks. A name that does not resolve now is
-    accepted (the receiver may come up later); every delivery checks the address again (DNS can change)."""
+    accepted (the receiver may come up later) unless only a listed network could admit it; every delivery checks
+    the address again (DNS can change)."""
     url = check_webhook_syntax(url)
     if url is None:
         return None
@@ -168,8 +169,11 @@ async def validate_webhook_url(url: str | None, policy: WebhookPolicy) -> str | 
     except WebhookRefused as exc:
         raise InvalidRequest(f"webhook_url is not allowed: {exc}.", param="webhook_url",
                              code="webhook_host_not_allowed") from exc
-    except (OSError, asyncio.TimeoutError):
-        pass
+    except (OSError, asyncio.TimeoutError) as exc:
+        if policy.restricted and not policy.name_listed(host):  # only its address could have let it in
+            raise InvalidRequest(f"webhook_url host {host!r} is not in WEBHOOK_ALLOWED_HOSTS and does not resolve "
+                                 "to an address listed there.", param="webhook_url",
+                                 code="webhook_host_not_allowed") from exc
     return url
 
 
