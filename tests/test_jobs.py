@@ -22,7 +22,8 @@ FINISHED = {"completed", "failed", "cancelled"}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     data = tmp_path_factory.mktemp("jobs-data")
-    proc = start_server({"DATA_DIR": str(data), "API_KEYS": f"{KEY},{OTHER}"})
+    # webhooks go to receivers on 127.0.0.1 (and the server itself): loopback is allowed only when listed
+    proc = start_server({"DATA_DIR": str(data), "API_KEYS": f"{KEY},{OTHER}", "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1"})
     try:
         yield proc
     finally:
@@ -102,6 +103,13 @@ def test_idempotency_key_returns_the_same_job(server: Proc) -> None:
     second = submit(server.base, c.path, headers)
     assert first.status_code == 202 and second.status_code == 200
     assert first.json()["id"] == second.json()["id"]
+    # the same key with another request is refused, never answered with the first job (the upload would be lost)
+    for changed in (submit(server.base, clip("en/jfk.flac").path, headers),
+                    submit(server.base, c.path, headers, language="en")):
+        assert changed.status_code == 422, changed.text
+        error = changed.json()["error"]
+        assert error["code"] == "idempotency_key_reused" and first.json()["id"] in error["message"], error
+    assert submit(server.base, c.path, headers).status_code == 200  # and the original still replays
     other = submit(server.base, c.path, {**AUTH, "Idempotency-Key": "upload-43"})
     assert other.json()["id"] != first.json()["id"]
     # keys are per API key: another caller's identical key is its own job
@@ -146,9 +154,13 @@ def test_bad_input_and_ownership(server: Proc, tmp_path: Path) -> None:
     r = httpx.get(server.base + "/v1/jobs/job_doesnotexist", headers=AUTH)
     assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found"
     c = clip("en/picovoice_test_en.wav")
-    for bad in ("not a url", "ftp://example.com/x", "http://", "http://host:99999/x"):
+    for bad in ("not a url", "ftp://example.com/x", "http://", "http://host:99999/x",
+                "http://127.0.0.1:9/hook\r\nX-Injected: 1",  # CRLF: once accepted, then a delivery that died
+                "http://169.254.169.254/latest/meta-data/", "http://[fd00:ec2::254]/",  # cloud metadata
+                "http://10.0.0.1/hook", "http://127.0.0.2/hook", "https://example.com/hook"):  # not listed
         r = submit(server.base, c.path, AUTH, webhook_url=bad)
         assert r.status_code == 400 and r.json()["error"]["param"] == "webhook_url", (bad, r.text)
+        assert r.json()["error"]["message"], r.text
     assert submit(server.base, c.path, AUTH, language="xx").status_code == 400
 
     assert submit(server.base, c.path).status_code == 401  # API_KEYS set: jobs need a key

@@ -46,7 +46,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     redis = RedisServer(root / "redis")
     redis.start()
     env = {"JOBS_URL": redis.url, "JOBS_STORAGE_DIR": str(root / "shared"), "DATA_DIR": str(root / "data"),
-           "JOBS_HEARTBEAT_TIMEOUT_S": "10", "JOBS_CONCURRENCY": "2"}
+           "JOBS_HEARTBEAT_TIMEOUT_S": "10", "JOBS_CONCURRENCY": "2", "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1"}
     procs: list[Proc] = []
     try:
         api = start_server({**env, "JOBS_LOCAL_WORKER": "false"})

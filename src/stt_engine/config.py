@@ -88,9 +88,14 @@ class Settings(BaseSettings):
 
     # --- realtime sessions (/v1/realtime) -------------------------------------------------------
     max_realtime_sessions: int = Field(8, ge=0, description="Live sessions open at once; 0 turns /v1/realtime off.")
-    realtime_idle_timeout_s: float = Field(60.0, gt=0, description="Close a session that sent nothing this long.")
+    realtime_idle_timeout_s: float = Field(
+        60.0, gt=0, description="Close a session that sent no audio or commit this long."
+    )
     realtime_max_session_s: float = Field(3600.0, gt=0, description="Longest a session may stay open.")
     realtime_max_append_bytes: int = Field(1 << 20, ge=1024, description="Most audio bytes in one append.")
+    realtime_max_sessions_per_key: int = Field(
+        4, ge=1, description="Live sessions one API key (or, without API_KEYS, one client address) may hold at once."
+    )
     realtime_partial_interval_ms: float = Field(
         500.0, ge=100, le=5000, description="How often an open turn is re-decoded for partial text."
     )
@@ -122,9 +127,18 @@ class Settings(BaseSettings):
     jobs_heartbeat_timeout_s: float = Field(
         30.0, ge=5, description="With Redis: a worker silent this long is dead and its jobs go to another."
     )
+    jobs_max_attempts: int = Field(
+        3, ge=1, le=100, description="Starts of one job's run (restarts after a crash count); then it is failed."
+    )
     webhook_include_result: bool = False
     webhook_max_attempts: int = Field(10, ge=1, le=10)
     webhook_timeout_s: float = Field(10.0, gt=0)
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Hosts or CIDRs webhooks may go to (empty = any public address)."
+    )
+    webhook_allow_private: bool = Field(
+        False, description="Let webhooks reach loopback and private addresses (link-local/metadata never)."
+    )
 
     # --- transcript text: invented phrases ------------------------------------------------------
     hallucination_filter: bool = Field(
@@ -161,7 +175,7 @@ class Settings(BaseSettings):
     )
     diarize_cpu_threads: int = Field(0, ge=0, description="Threads of one diarization; 0 = half the cores (at least 1).")
 
-    @field_validator("api_keys", "auth_open_paths", "cors_origins", mode="before")
+    @field_validator("api_keys", "auth_open_paths", "cors_origins", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -35,7 +35,15 @@ from stt_engine.api.routes import (
 )
 from stt_engine.api.transcription import decoding_slot, stored_upload
 from stt_engine.errors import InvalidRequest, STTError
-from stt_engine.jobs.models import Job, JobStatus, new_job_id, options_to_dict, owner_of, transcript_from_dict
+from stt_engine.jobs.models import (
+    Job,
+    JobStatus,
+    new_job_id,
+    options_to_dict,
+    owner_of,
+    request_fingerprint,
+    transcript_from_dict,
+)
 from stt_engine.jobs.service import JobService
 from stt_engine.jobs.webhooks import validate_webhook_url
 from stt_engine.options import build_options
@@ -53,6 +61,12 @@ class JobNotFound(STTError):
 class JobNotReady(STTError):
     status = 409
     code = "job_not_completed"
+    error_type = "invalid_request_error"
+
+
+class IdempotencyKeyReused(STTError):
+    status = 422
+    code = "idempotency_key_reused"
     error_type = "invalid_request_error"
 
 
@@ -119,7 +133,7 @@ async def create_job(
     service = _service(request)
     fmt = parse_format(response_format)
     words = _granularities(timestamp_granularities)
-    webhook = validate_webhook_url(webhook_url)
+    webhook = await validate_webhook_url(webhook_url, service.webhooks.policy)
     options = build_options(
         settings, model_languages(request), language=language, prompt=prompt, temperature=temperature, word_timestamps=words, hotwords=hotwords
     )
@@ -137,16 +151,18 @@ async def create_job(
         )
     owner = _owner(request)
     key = idempotency_key.strip() if idempotency_key and idempotency_key.strip() else None
-    if key:  # a retried submission: answer with the job it created, without storing the audio again
-        existing = await service.store.by_idempotency_key(owner, key)
-        if existing is not None:
-            return JSONResponse(existing.public(), status_code=200,
-                                headers={"Location": f"/v1/jobs/{existing.id}", "Idempotent-Replayed": "true"})
+    existing = await service.store.by_idempotency_key(owner, key) if key else None
     job_id = new_job_id()
     folder = service.job_dir(job_id)
     filename = (file.filename or "audio").rsplit("/", 1)[-1][:200]
     try:
         async with stored_upload(file, settings) as path:
+            fingerprint = None
+            if key:
+                fields = [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
+                fingerprint = await run_in_threadpool(request_fingerprint, path, fields)
+            if existing is not None:  # a retried submission: the job it created, without storing the audio again
+                return _replayed(existing, fingerprint)
             async with decoding_slot(request):  # checked whole, as the runner will read it; the samples are let go
                 duration = (await run_in_threadpool(audio_mod.decode, path, max_seconds=settings.max_audio_seconds)
                             ).duration
@@ -157,7 +173,7 @@ async def create_job(
             id=job_id, owner=owner, filename=filename, audio_path=f"{job_id}/upload", duration=duration,
             options=options_to_dict(options), include_words=words, postprocess=postprocess or None,
             postprocess_prompt=postprocess_prompt, webhook_url=webhook, webhook_secret=webhook_secret or None,
-            idempotency_key=key, redact="pii" if text.redact else "none",
+            idempotency_key=key, request_fingerprint=fingerprint, redact="pii" if text.redact else "none",
             normalize="numbers" if text.normalize_numbers else "none", channels="split" if split else "mix",
             known_speaker_names=parse_speaker_names(known_speaker_names),
             diarize=speakers_mod.request_to_dict(diarization),
@@ -166,12 +182,23 @@ async def create_job(
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, folder, True)
         raise
-    if not created:
+    if not created:  # the same key, submitted twice at the same moment: the first one won
         await asyncio.to_thread(shutil.rmtree, folder, True)
-    headers = {"Location": f"/v1/jobs/{stored.id}"}
-    if not created:
-        headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(stored.public(), status_code=202 if created else 200, headers=headers)
+        return _replayed(stored, fingerprint)
+    return JSONResponse(stored.public(), status_code=202, headers={"Location": f"/v1/jobs/{stored.id}"})
+
+
+def _replayed(existing: Job, fingerprint: str | None) -> JSONResponse:
+    """The job an Idempotency-Key already created (200, Idempotent-Replayed), or 422 when this request differs
+    from the one that created it (another file or other fields): that upload would otherwise be silently lost.
+    Jobs stored before fingerprints were kept replay as before."""
+    if existing.request_fingerprint and fingerprint and existing.request_fingerprint != fingerprint:
+        raise IdempotencyKeyReused(
+            f"This Idempotency-Key was already used for a different request (job '{existing.id}'): another file "
+            "or other form fields. Use a new key for a new request.", param="Idempotency-Key",
+        )
+    return JSONResponse(existing.public(), status_code=200,
+                        headers={"Location": f"/v1/jobs/{existing.id}", "Idempotent-Replayed": "true"})
 
 
 @router.get("/v1/jobs/{job_id}", summary="A job's status, progress and (when completed) its result")
@@ -211,6 +238,20 @@ async def list_jobs(
         "last_id": page[-1].id if page else None,
     }
     return JSONResponse(body)
+
+
+@router.post("/v1/jobs/{job_id}/retry", summary="Run a failed or cancelled job again (its attempts start over)")
+async def retry_job(request: Request, job_id: str) -> JSONResponse:
+    service = _service(request)
+    job = await _job(request, job_id)
+    if not await asyncio.to_thread((service.storage / job.audio_path).exists):
+        raise JobNotReady(f"Job '{job_id}' can no longer be retried: its audio is not stored any more.",
+                          code="job_audio_missing", param="id")
+    retried = await service.retry(job_id)
+    if retried is None:
+        raise JobNotReady(f"Job '{job_id}' is {job.status}; only a failed or cancelled job can be retried.",
+                          code="job_not_retryable", param="id")
+    return JSONResponse(retried.public(), status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
 
 
 @router.delete("/v1/jobs/{job_id}", summary="Cancel a queued or running job, or delete a finished one")

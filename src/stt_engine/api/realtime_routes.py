@@ -24,6 +24,7 @@ from stt_engine.audio import SAMPLE_RATE, DecodedAudio
 from stt_engine.config import Settings
 from stt_engine.engine import TranscribeOptions, Transcript
 from stt_engine.errors import Unauthorized
+from stt_engine.jobs.models import owner_of
 from stt_engine.realtime.protocol import error_event
 from stt_engine.realtime.session import RealtimeSession
 from stt_engine.scheduler import Priority, Scheduler
@@ -54,6 +55,14 @@ async def _deny(websocket: WebSocket, error: Unauthorized) -> None:
         ))
     else:
         await websocket.close(code=CLOSE_POLICY, reason=error.message[:120])
+
+
+def session_holder(settings: Settings, presented_key: str | None, client: Any) -> str:
+    """Who a session counts against for REALTIME_MAX_SESSIONS_PER_KEY: the API key (its hash) when the server
+    has keys, else the client's address, so one caller cannot hold every place."""
+    if settings.api_keys:
+        return "key:" + owner_of(presented_key)
+    return "addr:" + (getattr(client, "host", None) or "unknown")
 
 
 def _scheduler_call(scheduler: Scheduler) -> Any:
@@ -100,6 +109,10 @@ async def realtime(websocket: WebSocket) -> None:
         if not closed:
             await websocket.close(code=close_code, reason=message[:120])
 
+    holder = session_holder(settings, _presented_key(websocket, offered), websocket.client)
+    per_holder: dict[str, int] | None = getattr(state, "realtime_sessions_by_holder", None)
+    if per_holder is None:
+        per_holder = state.realtime_sessions_by_holder = {}
     open_now = getattr(state, "realtime_sessions_open", 0)
     if open_now >= settings.max_realtime_sessions:
         await refuse(
@@ -109,11 +122,19 @@ async def realtime(websocket: WebSocket) -> None:
             "too_many_sessions" if settings.max_realtime_sessions else "realtime_disabled", CLOSE_TRY_AGAIN,
         )
         return
+    if per_holder.get(holder, 0) >= settings.realtime_max_sessions_per_key:
+        await refuse(
+            f"Too many realtime sessions for this {'API key' if settings.api_keys else 'client address'}: "
+            f"{settings.realtime_max_sessions_per_key} at once (REALTIME_MAX_SESSIONS_PER_KEY). Close one or retry "
+            "later.", "too_many_sessions_for_key", CLOSE_TRY_AGAIN,
+        )
+        return
     if state.scheduler is None:
         await refuse("The model is still loading; retry in a few seconds.", "model_not_ready", CLOSE_TRY_AGAIN)
         return
 
     state.realtime_sessions_open = open_now + 1
+    per_holder[holder] = per_holder.get(holder, 0) + 1
     metrics = getattr(state, "metrics", None)
     if metrics is not None:
         metrics.realtime_sessions.inc()
@@ -125,18 +146,20 @@ async def realtime(websocket: WebSocket) -> None:
     try:
         await session.start()
         while not closed:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            idle_left = settings.realtime_idle_timeout_s - session.idle_for(now)
             try:
-                message = await asyncio.wait_for(
-                    websocket.receive(), max(0.0, min(settings.realtime_idle_timeout_s, remaining))
-                )
+                message = await asyncio.wait_for(websocket.receive(), max(0.0, min(idle_left, deadline - now)))
             except asyncio.TimeoutError:
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                if now < deadline and session.idle_for(now) < settings.realtime_idle_timeout_s:
+                    continue  # audio came, or a commit was answered, since this wait began
+                if now >= deadline:
                     await refuse(f"The session reached its maximum length of {settings.realtime_max_session_s:g} s "
                                  "(REALTIME_MAX_SESSION_S). Open a new one to continue.", "session_expired",
                                  CLOSE_NORMAL)
                 else:
-                    await refuse(f"No event from the client for {settings.realtime_idle_timeout_s:g} s "
+                    await refuse(f"No audio and no commit from the client for {settings.realtime_idle_timeout_s:g} s "
                                  "(REALTIME_IDLE_TIMEOUT_S); the session is closed.", "idle_timeout", CLOSE_NORMAL)
                 break
             if message["type"] == "websocket.disconnect":
@@ -147,6 +170,10 @@ async def realtime(websocket: WebSocket) -> None:
         closed = True
         await session.close()
         state.realtime_sessions_open -= 1
+        if per_holder.get(holder, 0) <= 1:
+            per_holder.pop(holder, None)
+        else:
+            per_holder[holder] -= 1
         if metrics is not None:
             metrics.realtime_sessions.dec()
         log.info("realtime session %s closed", session.id)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from faster_whisper.transcribe import Segment, Word
@@ -46,6 +49,17 @@ def owner_of(api_key: str | None) -> str:
     return hashlib.sha256(api_key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def request_fingerprint(path: str | Path, fields: Iterable[tuple[str, str]]) -> str:
+    """What makes two submissions "the same request" for an Idempotency-Key: the file's bytes and the form fields
+    (sorted, so their order does not matter). Reads the file: call it off the event loop."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    digest.update(b"\0" + json.dumps(sorted(fields), ensure_ascii=False).encode())
+    return digest.hexdigest()
+
+
 @dataclass
 class Job:
     """Everything a node needs to run, report and deliver one job. Stored as JSON; fields are plain values."""
@@ -74,6 +88,7 @@ class Job:
     webhook_url: str | None = None
     webhook_secret: str | None = None
     idempotency_key: str | None = None
+    request_fingerprint: str | None = None  # sha256 of the upload and form fields: a reused key must match it
     error: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
     postprocess_result: dict[str, Any] | None = None

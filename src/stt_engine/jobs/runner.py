@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_incrementing
 
 from stt_engine import audio as audio_mod
 from stt_engine import channels as channels_mod
@@ -73,8 +74,13 @@ class JobExecutor:
                 await self.requeue_hook(job_id)
             return
         token = f"{NODE}:{secrets.token_hex(4)}"
-        job = await self._retrying(lambda: self.store.claim(job_id, token))
+        job = await self._retrying(lambda: self.store.claim(job_id, token, self.settings.jobs_max_attempts))
         if job is None:
+            return
+        if job.status == JobStatus.failed.value:  # its attempts were used up: failed, never started again
+            log.error("job %s failed: %s", job.id, (job.error or {}).get("message"))
+            if job.webhook_url:
+                self.webhooks.schedule(job)
             return
         log.info("job %s started (attempt %d, %.1f s of audio)", job.id, job.attempts, job.duration)
         task = asyncio.current_task()
@@ -212,15 +218,17 @@ class JobExecutor:
 
     async def _retrying(self, call: Callable[[], Awaitable[Any]], attempts: int = 60) -> Any:
         """Recording a finished job outlives a store outage of a few minutes: the work is not thrown away."""
-        for attempt in range(attempts):
-            try:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(JobsUnavailable), stop=stop_after_attempt(attempts),
+            wait=wait_incrementing(start=0.5, increment=0.5, max=5.0), reraise=True,
+            before_sleep=lambda state: log.warning(
+                "job store unavailable (%s); retrying", getattr(state.outcome.exception(), "message", "?")
+            ),
+        )
+        async for attempt in retrying:
+            with attempt:
                 return await call()
-            except JobsUnavailable as exc:
-                if attempt == attempts - 1:
-                    raise
-                log.warning("job store unavailable (%s); retrying", exc.message)
-                await asyncio.sleep(min(5.0, 0.5 * (attempt + 1)))
-        return None
+        return None  # not reached: the last failure is raised
 
 
 class EmbeddedRunner:

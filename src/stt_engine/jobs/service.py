@@ -20,7 +20,7 @@ from stt_engine.errors import STTError
 from stt_engine.jobs.models import Job, JobStatus
 from stt_engine.jobs.runner import EmbeddedRunner, JobExecutor
 from stt_engine.jobs.store import JobStore, is_redis, open_store, storage_dir
-from stt_engine.jobs.webhooks import WebhookSender
+from stt_engine.jobs.webhooks import WebhookPolicy, WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class JobService:
         self.webhooks = WebhookSender(
             self.store, include_result=settings.webhook_include_result,
             max_attempts=settings.webhook_max_attempts, timeout_s=settings.webhook_timeout_s,
+            policy=WebhookPolicy.from_settings(settings),
         )
         self.executor = JobExecutor(
             self.store, settings, self.storage, get_scheduler, get_postprocessor, self.webhooks,
@@ -87,6 +88,31 @@ class JobService:
         elif self.runner is not None:
             self.runner.wake()
         return stored, True
+
+    async def retry(self, job_id: str) -> Job | None:
+        """Run a failed or cancelled job again from the start, its attempts reset; None when it is in another state.
+        The audio is still stored until the retention sweep removes the finished job."""
+        before = await self.store.get(job_id)
+        job = await self.store.retry(job_id)
+        if job is None or before is None:
+            return None
+        if self.queue is not None:
+            try:
+                await self.queue.enqueue(job.id)
+            except STTError:  # no message, no run: leave the job as it was, for a later retry
+
+                def restore(current: Job) -> bool:
+                    if current.status != JobStatus.queued.value or current.worker is not None:
+                        return False
+                    current.__dict__.update(before.__dict__)
+                    return True
+
+                with contextlib.suppress(Exception):
+                    await self.store._mutate(job_id, restore)
+                raise
+        elif self.runner is not None:
+            self.runner.wake()
+        return job
 
     def job_dir(self, job_id: str) -> Path:
         return self.storage / job_id

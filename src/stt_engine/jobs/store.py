@@ -72,16 +72,42 @@ class JobStore(abc.ABC):
         return None
 
     # --- the state machine ----------------------------------------------------------------------
-    async def claim(self, job_id: str, worker: str) -> Job | None:
-        """Take a queued job, or one whose previous run died (`processing`); None when finished or cancelled."""
+    async def claim(self, job_id: str, worker: str, max_attempts: int) -> Job | None:
+        """Take a queued job, or one whose previous run died (`processing`); None when finished or cancelled.
+
+        The attempt is counted in the same write that takes the job, before any of its work starts, so a run that
+        kills the process has still used its attempt. A job whose attempts are used up is failed here instead
+        (status `failed`, webhook pending): a file that crashes the process runs at most `max_attempts` times."""
 
         def change(job: Job) -> bool:
             if job.status not in (JobStatus.queued.value, JobStatus.processing.value):
                 return False
+            if job.attempts >= max_attempts:
+                job.worker = None
+                job.error = exhausted_error(job, max_attempts)
+                job.status, job.finished_at = JobStatus.failed.value, time.time()
+                if job.webhook_url:
+                    job.webhook_status = "pending"
+                return True
             job.status, job.worker = JobStatus.processing.value, worker
             job.attempts += 1
             job.started_at = job.started_at or time.time()
             job.progress_seconds = 0.0
+            return True
+
+        return await self._mutate(job_id, change)
+
+    async def retry(self, job_id: str) -> Job | None:
+        """Put a failed or cancelled job back in the queue with its attempts reset (a person decided to try again);
+        None when it is not failed or cancelled."""
+
+        def change(job: Job) -> bool:
+            if job.status not in (JobStatus.failed.value, JobStatus.cancelled.value):
+                return False
+            job.status, job.worker, job.attempts, job.error = JobStatus.queued.value, None, 0, None
+            job.started_at = job.finished_at = None
+            job.progress_seconds, job.result, job.postprocess_result = 0.0, None, None
+            job.webhook_status, job.webhook_attempts = None, 0
             return True
 
         return await self._mutate(job_id, change)
@@ -127,6 +153,7 @@ class JobStore(abc.ABC):
             if job.worker != worker or job.status != JobStatus.processing.value:
                 return False
             job.status, job.worker, job.progress_seconds = JobStatus.queued.value, None, 0.0
+            job.attempts = max(0, job.attempts - 1)  # handed back in good order: not a failed start
             return True
 
         return await self._mutate(job_id, change) is not None
@@ -137,6 +164,20 @@ class JobStore(abc.ABC):
             return True
 
         await self._mutate(job_id, change)
+
+
+def exhausted_error(job: Job, max_attempts: int) -> dict[str, Any]:
+    """The error a job ends with when its attempts are used up: its last recorded error, else
+    `job_attempts_exhausted` (each start ended with the process dying, or the job never finishing)."""
+    if job.error:
+        return {**job.error, "attempts": job.attempts}
+    return {
+        "code": "job_attempts_exhausted",
+        "message": f"The job was started {job.attempts} times (JOBS_MAX_ATTEMPTS={max_attempts}) and no run "
+                   "finished it: the process running it stopped each time (crashed or was killed). It will not be "
+                   f"started again; POST /v1/jobs/{job.id}/retry runs it again.",
+        "attempts": job.attempts,
+    }
 
 
 def _sqlite_path(url: str) -> Path:
@@ -296,4 +337,4 @@ def open_store(settings: Settings) -> JobStore:
     raise ValueError(f"JOBS_URL must be sqlite:///path or redis://host:port/db, got {url!r}")
 
 
-__all__ = ["FINISHED", "JobStore", "JobsUnavailable", "SQLiteJobStore", "open_store", "jobs_url", "storage_dir"]
+__all__ = ["FINISHED", "exhausted_error", "JobStore", "JobsUnavailable", "SQLiteJobStore", "open_store", "jobs_url", "storage_dir"]

@@ -99,6 +99,11 @@ class RealtimeSession:
         self._last_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.partial_interval = settings.realtime_partial_interval_ms / 1000
+        # monotonic time of the last audio append or commit (or answer to a commit): what the idle timeout counts
+        # from. Other events (clear, session.update, junk) do not keep a session alive, or one could hold a place
+        # for free forever.
+        self.last_activity = time.monotonic()
+        self._finals_pending = 0  # committed turns whose transcript is not sent yet
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -114,6 +119,11 @@ class RealtimeSession:
         for task in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await task
+
+    def idle_for(self, now: float) -> float:
+        """Seconds the client has been idle: since its last audio or commit, or since the server answered its last
+        commit; 0 while a committed turn is still being transcribed (the client is waiting for us, not idle)."""
+        return 0.0 if self._finals_pending else now - self.last_activity
 
     async def drain(self, timeout: float) -> None:
         """Wait (bounded) for committed turns to complete, e.g. before a graceful close."""
@@ -192,6 +202,7 @@ class RealtimeSession:
             raise ProtocolError("'audio' is not valid base64.", param="audio", code="invalid_base64") from None
         if not data:
             return
+        self.last_activity = time.monotonic()
         samples, probs = await run_in_threadpool(self._ingest, data)
         for ev in self._tracker.feed(samples, probs):
             await self._on_turn_event(ev)
@@ -216,6 +227,7 @@ class RealtimeSession:
                 f"{MIN_COMMIT_SECONDS * 1000:.0f}ms of audio, but buffer only has {seconds * 1000:.2f}ms of audio.",
                 code="input_audio_buffer_commit_empty",
             )
+        self.last_activity = time.monotonic()
         if self._item is not None and self.vad_on:
             await self._send(event("input_audio_buffer.speech_stopped", audio_end_ms=_ms(position),
                                    item_id=self._item.id))
@@ -265,8 +277,14 @@ class RealtimeSession:
         item.task = asyncio.ensure_future(self._run_item(item, previous))
         self._tasks.add(item.task)
         item.task.add_done_callback(self._tasks.discard)
+        item.task.add_done_callback(lambda _task: self._item_done(item))
         self._item, self._last_task = item, item.task
         return item
+
+    def _item_done(self, item: _Item) -> None:
+        if item.ended.is_set():  # its commit is answered (or dropped): the idle clock starts again from now
+            self._finals_pending -= 1
+            self.last_activity = time.monotonic()
 
     async def _end_item(self, stopped: SpeechStopped) -> None:
         item = self._item or self._open_item(stopped.start)
@@ -275,6 +293,8 @@ class RealtimeSession:
         await self._send(event("input_audio_buffer.committed", item_id=item.id,
                                previous_item_id=self._last_item_id))
         self._last_item_id = item.id
+        if item.task is not None and not item.task.done():  # (a task that already died answers nothing)
+            self._finals_pending += 1
         item.ended.set()
 
     async def _end_turn_for_reconfigure(self) -> None:
