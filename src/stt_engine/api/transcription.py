@@ -33,6 +33,7 @@ from stt_engine.config import Settings
 from stt_engine.engine import Transcript
 from stt_engine.errors import InvalidRequest, NotReady, PayloadTooLarge, STTError
 from stt_engine.formats import to_diarized_json
+from stt_engine.openai_fields import transcript_logprobs
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler import Scheduler
 from stt_engine.textproc import TextOptions, finish_transcript
@@ -249,6 +250,7 @@ async def stream_upload(
     split_channels: bool = False,
     speaker_names: list[str] | None = None,
     segment_events: bool = False,
+    logprobs: bool = False,
 ) -> StreamingResponse:
     """`stream=true`: Server-Sent Events in OpenAI's shape. A `transcript.text.delta` for each run of segments as
     it becomes final (a request's sections are decoded in order, so the first arrive early), then
@@ -292,7 +294,8 @@ async def stream_upload(
 
     def events_for(delta: str, segments: list[Segment]) -> Iterator[str]:
         if delta:
-            yield _sse({"type": "transcript.text.delta", "delta": delta})
+            scores = {"logprobs": transcript_logprobs(segments)} if logprobs else {}
+            yield _sse({"type": "transcript.text.delta", "delta": delta, **scores})
         if announce and segments:
             for segment in to_diarized_json(dataclasses.replace(_EMPTY, segments=segments))["segments"]:
                 yield _sse(segment)

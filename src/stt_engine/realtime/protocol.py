@@ -22,6 +22,10 @@ PCM_RATES = (24000, 16000)  # 24 kHz is OpenAI's only PCM rate; 16 kHz is our ex
 G711_RATE = 8000
 # semantic_vad has no model here: its eagerness picks how long a pause ends a turn (OpenAI: low waits longest).
 EAGERNESS_SILENCE_MS = {"low": 1500, "medium": 800, "auto": 800, "high": 500}
+LOGPROBS_INCLUDE = "item.input_audio_transcription.logprobs"  # session.include: logprobs on the completed event
+# OpenAI's noise reduction types. Accepted and echoed; no filter is applied (Whisper is trained on noisy audio, and
+# a denoiser's artefacts cost it more accuracy than the noise), see docs/openai-compat.md.
+NOISE_REDUCTION_TYPES = ("near_field", "far_field")
 
 
 class ProtocolError(Exception):
@@ -176,6 +180,17 @@ def _transcription(value: Any, param: str, config: SessionConfig) -> SessionConf
     return out
 
 
+def _noise_reduction(value: Any, param: str) -> dict[str, Any] | None:
+    """`null` or `{"type": "near_field" | "far_field"}`, as OpenAI defines it."""
+    if value is None:
+        return None
+    kind = _obj(value, param).get("type")
+    if kind not in NOISE_REDUCTION_TYPES:
+        raise ProtocolError(f"Unsupported noise_reduction type {kind!r}: use near_field, far_field or null.",
+                            param=f"{param}.type")
+    return {"type": kind}
+
+
 def _include(value: Any, param: str) -> list[str] | None:
     if value is None:
         return None
@@ -208,7 +223,8 @@ def apply_ga(config: SessionConfig, session: Any) -> SessionConfig:
                 out = replace(out, turn_detection=_turn_detection(
                     audio_input["turn_detection"], "session.audio.input.turn_detection", out.turn_detection))
             if "noise_reduction" in audio_input:
-                out = replace(out, noise_reduction=audio_input["noise_reduction"])
+                out = replace(out, noise_reduction=_noise_reduction(
+                    audio_input["noise_reduction"], "session.audio.input.noise_reduction"))
     if "include" in session:
         out = replace(out, include=_include(session["include"], "session.include"))
     return out
@@ -226,7 +242,8 @@ def apply_beta(config: SessionConfig, session: Any) -> SessionConfig:
         out = replace(out, turn_detection=_turn_detection(
             session["turn_detection"], "session.turn_detection", out.turn_detection))
     if "input_audio_noise_reduction" in session:
-        out = replace(out, noise_reduction=session["input_audio_noise_reduction"])
+        out = replace(out, noise_reduction=_noise_reduction(
+            session["input_audio_noise_reduction"], "session.input_audio_noise_reduction"))
     if "include" in session:
         out = replace(out, include=_include(session["include"], "session.include"))
     return out
