@@ -214,7 +214,8 @@ def test_realtime_noise_reduction_prompt_language_and_logprobs(server: str) -> N
             "type": "transcription", "include": ["item.input_audio_transcription.logprobs"],
             "audio": {"input": {
                 "format": {"type": "audio/pcm", "rate": 24000}, "noise_reduction": {"type": "near_field"},
-                "transcription": {"model": "whisper-1", "language": "en", "prompt": "A man speaks about stew."},
+                "transcription": {"model": "whisper-1", "language": "en", "prompt": "A man speaks about stew.",
+                                  "keywords": ["turnips", "mutton"]},
                 "turn_detection": None}}}}))
         updated = _until(ws, "session.updated")[-1]
         assert updated["type"] == "session.updated", updated
@@ -222,6 +223,7 @@ def test_realtime_noise_reduction_prompt_language_and_logprobs(server: str) -> N
         assert audio_input["noise_reduction"] == {"type": "near_field"}
         assert audio_input["transcription"]["prompt"] == "A man speaks about stew."
         assert audio_input["transcription"]["language"] == "en"
+        assert audio_input["transcription"]["keywords"] == ["turnips", "mutton"]
 
         ws.send(json.dumps({"type": "session.update", "session": {
             "type": "transcription", "audio": {"input": {"noise_reduction": {"type": "studio"}}}}}))
@@ -246,9 +248,9 @@ def test_realtime_beta_noise_reduction_is_accepted(server: str) -> None:
     with connect(_ws(server)) as ws:
         _until(ws, "session.created")
         ws.send(json.dumps({"type": "transcription_session.update", "session": {
-            "input_audio_format": "pcm16", "input_audio_noise_reduction": {"type": "far_field"},
+            "input_audio_format": "pcm16", "input_audio_noise_reduction": {"type": "far_field", "strength": 0.5},
             "input_audio_transcription": {"model": "whisper-1", "language": "ko", "prompt": "상담"}}}))
         updated = _until(ws, "transcription_session.updated")[-1]
     assert updated["type"] == "transcription_session.updated", updated
-    assert updated["session"]["input_audio_noise_reduction"] == {"type": "far_field"}
+    assert updated["session"]["input_audio_noise_reduction"] == {"type": "far_field", "strength": 0.5}
     assert updated["session"]["input_audio_transcription"]["prompt"] == "상담"

@@ -78,9 +78,11 @@ class SessionConfig:
     turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
     noise_reduction: dict[str, Any] | None = None  # echoed back; no noise suppression is applied
     include: list[str] | None = None
+    keywords: tuple[str, ...] = ()  # transcription.keywords: merged into the hotwords
 
     def transcription(self) -> dict[str, Any]:
-        return {"model": self.model, "language": self.language, "prompt": self.prompt}
+        keywords = {"keywords": list(self.keywords)} if self.keywords else {}
+        return {"model": self.model, "language": self.language, "prompt": self.prompt, **keywords}
 
 
 def new_id(prefix: str) -> str:
@@ -177,18 +179,26 @@ def _transcription(value: Any, param: str, config: SessionConfig) -> SessionConf
         out = replace(out, language=_text(value["language"], f"{param}.language"))
     if "prompt" in value:
         out = replace(out, prompt=_text(value["prompt"], f"{param}.prompt"))
+    if "keywords" in value:
+        keywords = _include(value["keywords"], f"{param}.keywords") or []
+        out = replace(out, keywords=tuple(k.strip() for k in keywords if k.strip()))
     return out
 
 
 def _noise_reduction(value: Any, param: str) -> dict[str, Any] | None:
-    """`null` or `{"type": "near_field" | "far_field"}`, as OpenAI defines it."""
+    """`null` or `{"type": "near_field" | "far_field", "strength": number}` (both optional), as OpenAI defines it."""
     if value is None:
         return None
-    kind = _obj(value, param).get("type")
-    if kind not in NOISE_REDUCTION_TYPES:
-        raise ProtocolError(f"Unsupported noise_reduction type {kind!r}: use near_field, far_field or null.",
-                            param=f"{param}.type")
-    return {"type": kind}
+    value = _obj(value, param)
+    out: dict[str, Any] = {}
+    if value.get("type") is not None:
+        if value["type"] not in NOISE_REDUCTION_TYPES:
+            raise ProtocolError(f"Unsupported noise_reduction type {value['type']!r}: use near_field, far_field or "
+                                "null.", param=f"{param}.type")
+        out["type"] = value["type"]
+    if value.get("strength") is not None:
+        out["strength"] = _number(value["strength"], f"{param}.strength", 0.0, 1e6)
+    return out
 
 
 def _include(value: Any, param: str) -> list[str] | None:

@@ -30,7 +30,7 @@ from stt_engine.audio import SAMPLE_RATE
 from stt_engine.config import Settings
 from stt_engine.engine import TranscribeOptions, Transcript
 from stt_engine.errors import STTError
-from stt_engine.openai_fields import transcript_logprobs
+from stt_engine.openai_fields import merge_keywords, transcript_logprobs
 from stt_engine.options import build_options
 from stt_engine.realtime import agreement
 from stt_engine.realtime.audio_formats import StreamDecoder
@@ -438,6 +438,7 @@ class RealtimeSession:
         # Turns cut by our VAD are speech already; committed buffers without VAD get the file path's VAD filter.
         return build_options(self.settings, self.languages, language=config.language, prompt=config.prompt,
                              vad_filter=None if config.turn_detection is None else False,
+                             hotwords=merge_keywords(None, config.keywords),
                              logprobs=LOGPROBS_INCLUDE in (config.include or []))
 
     def _early_final_pause(self) -> float:
