@@ -172,7 +172,7 @@ def test_field_parsing() -> None:
     assert parse_chunking_strategy({"type": "server_vad", "threshold": "0.3", "prefix_padding_ms": "200",
                                     "silence_duration_ms": "700"}).vad == VadParameters(0.3, 200, 700)
     for bad in ("manual", '{"type": "semantic"}', {"type": "server_vad", "threshold": 2},
-                {"type": "server_vad", "eagerness": "low"}, "[1]"):
+                {"type": "server_vad", "eagerness": "low"}, "[1]", "[" * 100000, {"type": "server_vad", "threshold": [1]}):
         with pytest.raises(InvalidRequest) as info:
             parse_chunking_strategy(bad)
         assert info.value.code == "invalid_chunking_strategy"
@@ -254,3 +254,33 @@ def test_realtime_beta_noise_reduction_is_accepted(server: str) -> None:
     assert updated["type"] == "transcription_session.updated", updated
     assert updated["session"]["input_audio_noise_reduction"] == {"type": "far_field", "strength": 0.5}
     assert updated["session"]["input_audio_transcription"]["prompt"] == "상담"
+
+
+# --- the engine: logprobs of windows decoded in one batch ----------------------------------------------------------
+def test_batched_windows_get_the_logprobs_they_get_alone() -> None:
+    """Windows of two requests in one `generate` batch are scored from their own slice of the batch's encoder
+    output: the same tokens and (within float noise) the same log-probabilities as each decoded alone."""
+    from stt_engine.audio import decode
+    from stt_engine.engine import Engine
+    from stt_engine.models import resolve_model
+    from stt_engine.options import TranscribeOptions
+
+    settings = Settings(_env_file=None, whisper_device="cpu", whisper_num_workers=1, whisper_cpu_threads=2)
+    engine = Engine(resolve_model(settings), settings)
+    options = TranscribeOptions(language="en", logprobs=True)
+
+    def entries(batched: bool) -> list[list[dict]]:
+        jobs = [engine.prepare(decode(c.path), options) for c in (JFK, EN)]
+        while not all(job.finished for job in jobs):
+            ready = [next(s for s in job.streams if not s.done) for job in jobs if not job.finished]
+            if batched:
+                engine.decode(ready)
+            else:
+                for stream in ready:
+                    engine.decode([stream])
+        return [[e for s in engine.transcript(job).segments for e in s.logprobs] for job in jobs]
+
+    alone, together = entries(False), entries(True)
+    for one, both in zip(alone, together):
+        assert [e["token"] for e in one] == [e["token"] for e in both] and one
+        assert max(abs(a["logprob"] - b["logprob"]) for a, b in zip(one, both)) < 0.05

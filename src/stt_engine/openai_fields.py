@@ -25,6 +25,7 @@ from stt_engine.errors import InvalidRequest, quote
 
 INCLUDE_VALUES = ("logprobs",)
 _CHUNKING = "chunking_strategy"
+_CHUNKING_MAX_CHARS = 500  # the longest server_vad object is about 110 characters
 # OpenAI's server_vad fields -> faster-whisper VadOptions fields, with the bounds we accept.
 _VAD_FIELDS: dict[str, tuple[str, float, float]] = {
     "threshold": ("threshold", 0.0, 1.0),
@@ -108,6 +109,9 @@ def parse_chunking_strategy(value: Any) -> ChunkingChoice:
         return ChunkingChoice()
     if isinstance(value, str):
         text = value.strip()
+        if len(text) > _CHUNKING_MAX_CHARS:  # also keeps json.loads from deep nesting
+            raise _bad_chunking(f"chunking_strategy is {len(text)} characters long; at most "
+                                f"{_CHUNKING_MAX_CHARS} are accepted.")
         if text.lower() == "auto":
             return ChunkingChoice(vad_filter=True)
         try:
