@@ -23,6 +23,7 @@ from openai.types.audio import (
 from openai.types.realtime import ConversationItemInputAudioTranscriptionCompletedEvent
 from websockets.sync.client import connect
 
+from stt_engine.api import schemas
 from stt_engine.config import Settings
 from stt_engine.engine.prepare import prepare
 from stt_engine.errors import InvalidRequest
@@ -63,11 +64,13 @@ def _check_logprobs(logprobs: list[Any] | None, text: str) -> None:
 
 # --- usage ------------------------------------------------------------------------------------------------------
 def test_usage_in_json_verbose_and_diarized(sdk: OpenAI) -> None:
-    for fmt, model in (("json", Transcription), ("verbose_json", TranscriptionVerbose),
-                       ("diarized_json", TranscriptionDiarized)):
+    for fmt, model, ours in (("json", Transcription, schemas.TranscriptionJson),
+                             ("verbose_json", TranscriptionVerbose, schemas.TranscriptionVerbose),
+                             ("diarized_json", TranscriptionDiarized, schemas.TranscriptionDiarized)):
         with JFK.path.open("rb") as handle:
             raw = sdk.audio.transcriptions.with_raw_response.create(
                 model="whisper-1", file=handle, response_format=fmt)
+        ours.model_validate(json.loads(raw.text))  # our OpenAPI schema (extra fields forbidden) describes it too
         result = model.model_validate(json.loads(raw.text))
         assert result.usage is not None and result.usage.type == "duration", fmt
         assert result.usage.seconds == pytest.approx(JFK.duration, abs=0.1), fmt
@@ -82,6 +85,7 @@ def test_logprobs_in_json_do_not_change_the_text(sdk: OpenAI) -> None:
     with c.path.open("rb") as handle:
         scored = sdk.audio.transcriptions.create(model="whisper-1", file=handle, language="ko", include=["logprobs"])
     assert isinstance(scored, Transcription)
+    schemas.TranscriptionJson.model_validate(scored.model_dump(exclude_none=True))
     assert plain.logprobs is None  # a request that did not ask pays nothing and gets nothing
     assert scored.text == plain.text
     assert error_rate(scored.text, c) < 0.2, scored.text
