@@ -20,7 +20,7 @@ from openai.types.audio import (
     TranscriptionTextDoneEvent,
     TranscriptionVerbose,
 )
-from openai.types.realtime import ConversationItemInputAudioTranscriptionCompletedEvent
+from openai.types.realtime import ConversationItemInputAudioTranscriptionCompletedEvent, SessionUpdatedEvent
 from websockets.sync.client import connect
 
 from stt_engine.api import schemas
@@ -223,11 +223,13 @@ def test_realtime_noise_reduction_prompt_language_and_logprobs(server: str) -> N
                 "turn_detection": None}}}}))
         updated = _until(ws, "session.updated")[-1]
         assert updated["type"] == "session.updated", updated
-        audio_input = updated["session"]["audio"]["input"]
-        assert audio_input["noise_reduction"] == {"type": "near_field"}
-        assert audio_input["transcription"]["prompt"] == "A man speaks about stew."
-        assert audio_input["transcription"]["language"] == "en"
-        assert audio_input["transcription"]["keywords"] == ["turnips", "mutton"]
+        session = SessionUpdatedEvent.model_validate(updated).session
+        audio_input = session.audio.input  # type: ignore[union-attr]
+        assert audio_input.noise_reduction.type == "near_field"
+        assert audio_input.transcription.prompt == "A man speaks about stew."
+        assert audio_input.transcription.language == "en"
+        assert audio_input.transcription.keywords == ["turnips", "mutton"]
+        assert session.include == ["item.input_audio_transcription.logprobs"]
 
         ws.send(json.dumps({"type": "session.update", "session": {
             "type": "transcription", "audio": {"input": {"noise_reduction": {"type": "studio"}}}}}))
