@@ -5,6 +5,7 @@ the realtime session's `noise_reduction`, `prompt`, `language` and logprobs incl
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 from typing import Any
@@ -35,7 +36,7 @@ from stt_engine.openai_fields import (
     parse_chunking_strategy,
     parse_include,
 )
-from stt_engine.options import build_options
+from stt_engine.options import TranscribeOptions, build_options
 from tests.realtime_support import pcm16
 from tests.support import clip, error_rate
 
@@ -180,6 +181,9 @@ def test_field_parsing() -> None:
         with pytest.raises(InvalidRequest) as info:
             parse_chunking_strategy(bad)
         assert info.value.code == "invalid_chunking_strategy"
+    stored = build_options(Settings(), {"en"}, language="en", vad=VadParameters(0.3, 200, 700), logprobs=True)
+    assert TranscribeOptions(**dataclasses.asdict(stored)) == stored  # survives a job's plain-data round trip
+    hash(stored)
     with pytest.raises(InvalidRequest):
         parse_include(["segments"])
     with pytest.raises(InvalidRequest):
@@ -269,8 +273,6 @@ def test_batched_windows_get_the_logprobs_they_get_alone() -> None:
     from stt_engine.audio import decode
     from stt_engine.engine import Engine
     from stt_engine.models import resolve_model
-    from stt_engine.options import TranscribeOptions
-
     settings = Settings(_env_file=None, whisper_device="cpu", whisper_num_workers=1, whisper_cpu_threads=2)
     engine = Engine(resolve_model(settings), settings)
     options = TranscribeOptions(language="en", logprobs=True)

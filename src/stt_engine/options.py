@@ -37,6 +37,10 @@ class TranscribeOptions:
     vad: VadParameters | None = None  # chunking_strategy's VAD values; None: faster-whisper's defaults
     logprobs: bool = False  # include[]=logprobs: score each kept text token (one decoder pass per window)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.vad, dict):  # options stored as plain data (jobs) come back hashable
+            object.__setattr__(self, "vad", VadParameters(**self.vad))
+
 
 def parse_language(value: str | None, supported: Collection[str]) -> str | None:
     """Empty/`auto` means detect. Accepts `ko`, `KO`, `ko-KR`, `ko_KR`; refuses what the model does not know."""
