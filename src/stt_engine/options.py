@@ -12,6 +12,7 @@ from typing import Literal
 
 from stt_engine.config import Settings
 from stt_engine.errors import InvalidRequest, quote
+from stt_engine.openai_fields import VadParameters
 
 Task = Literal["transcribe", "translate"]
 
@@ -33,6 +34,12 @@ class TranscribeOptions:
     word_timestamps: bool = False
     vad_filter: bool = True
     condition_on_previous_text: bool = False
+    vad: VadParameters | None = None  # chunking_strategy's VAD values; None: faster-whisper's defaults
+    logprobs: bool = False  # include[]=logprobs: score each kept text token (one decoder pass per window)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vad, dict):  # options stored as plain data (jobs) come back hashable
+            object.__setattr__(self, "vad", VadParameters(**self.vad))
 
 
 def parse_language(value: str | None, supported: Collection[str]) -> str | None:
@@ -74,6 +81,8 @@ def build_options(
     hotwords: str | None = None,
     beam_size: int | None = None,
     vad_filter: bool | None = None,
+    vad: VadParameters | None = None,
+    logprobs: bool = False,
 ) -> TranscribeOptions:
     """Validate a request's raw values against the server's settings; raise `InvalidRequest` with the reason."""
     for name, text in (("prompt", prompt), ("hotwords", hotwords)):
@@ -101,4 +110,6 @@ def build_options(
         word_timestamps=word_timestamps,
         vad_filter=settings.whisper_vad_filter if vad_filter is None else vad_filter,
         condition_on_previous_text=settings.whisper_condition_on_previous_text,
+        vad=vad,
+        logprobs=logprobs,
     )

@@ -22,6 +22,7 @@ from stt_engine.engine import Transcript
 from stt_engine.errors import InvalidRequest, NotReady, STTError, quote
 from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render, text_report
 from stt_engine.metrics import CONTENT_TYPE
+from stt_engine.openai_fields import RequestFields, merge_keywords, transcript_logprobs, usage
 from stt_engine.options import build_options
 from stt_engine.speakers import DiarizeRequest, parse_request, speakers_of
 from stt_engine.textproc import text_options
@@ -244,10 +245,13 @@ def _no_postprocess_when_streaming(postprocess: str | None) -> None:
         )
 
 
-def _stream_done(t: Transcript, fmt: ResponseFormat, words: bool) -> dict[str, Any]:
-    """What a stream's `transcript.text.done` adds to the text: the mask report and, for the formats whose response
-    has them, the segments (with speakers for channels=split), words and `dropped_segments`."""
-    body = text_report(t)
+def _stream_done(t: Transcript, fmt: ResponseFormat, words: bool, logprobs: bool = False) -> dict[str, Any]:
+    """What a stream's `transcript.text.done` adds to the text: the mask report, `usage` (and `logprobs` when
+    asked) and, for the formats whose response has them, the segments (with speakers for channels=split), words and
+    `dropped_segments`."""
+    body = text_report(t) | {"usage": usage(t.duration)}
+    if logprobs:
+        body["logprobs"] = transcript_logprobs(t.segments)
     if fmt in (ResponseFormat.diarized_json, ResponseFormat.verbose_json):
         rendered = render(t, fmt, include_words=words)
         assert isinstance(rendered, dict)
@@ -290,6 +294,7 @@ async def _openai_audio(
     max_speakers: int | None = None,
 ) -> Response:
     fmt = parse_format(response_format)
+    extra = RequestFields.from_form(await request.form()) if task == "transcribe" else RequestFields()
     split = split_channels_choice(request.app.state.settings, channels)
     diarization = diarize_choice(diarize, fmt, split, known_speaker_names, known_speaker_references,
                                  min_speakers, max_speakers)
@@ -303,25 +308,29 @@ async def _openai_audio(
     words = "word" in {g.strip() for g in granularities}
     options = build_options(
         request.app.state.settings, model_languages(request), language=language, task=task, prompt=prompt,
-        temperature=temperature, word_timestamps=words, hotwords=hotwords,
+        temperature=temperature, word_timestamps=words, hotwords=merge_keywords(hotwords, extra.keywords),
+        vad_filter=extra.chunking.vad_filter, vad=extra.chunking.vad, logprobs=extra.logprobs,
     )
     text = text_options(request.app.state.settings, redact=redact, normalize=normalize)
+    extra.check(json_format=fmt is ResponseFormat.json, redact=text.redact, split_channels=split)
     if stream:
         _no_postprocess_when_streaming(postprocess)
         return await stream_upload(
-            request, file, options, final=lambda t: _stream_done(t, fmt, words), text=text,
+            request, file, options, final=lambda t: _stream_done(t, fmt, words, extra.logprobs), text=text,
             split_channels=split, speaker_names=parse_speaker_names(known_speaker_names),
-            segment_events=fmt is ResponseFormat.diarized_json, diarization=diarization,
+            segment_events=fmt is ResponseFormat.diarized_json, diarization=diarization, logprobs=extra.logprobs,
         )
     result = await transcribe_upload(
         request, file, options, postprocess=postprocess, postprocess_prompt=postprocess_prompt, text=text,
         split_channels=split, speaker_names=parse_speaker_names(known_speaker_names), diarization=diarization,
     )
-    return transcript_response(result.transcript, fmt, include_words=words, postprocess=result.postprocess)
+    return transcript_response(result.transcript, fmt, include_words=words, postprocess=result.postprocess,
+                               logprobs=extra.logprobs)
 
 
 def transcript_response(
-    transcript: Transcript, fmt: ResponseFormat, *, include_words: bool, postprocess: dict[str, Any] | None
+    transcript: Transcript, fmt: ResponseFormat, *, include_words: bool, postprocess: dict[str, Any] | None,
+    logprobs: bool = False,
 ) -> Response:
     """A transcript in `fmt`, as `/v1/audio/*` and a job's result answer it: JSON formats with the post-processing
     result beside them, text formats with the mask counts in an `X-Redactions` header."""
@@ -331,6 +340,9 @@ def transcript_response(
             body.setdefault("language", transcript.language)
         if postprocess is not None:
             body["postprocess"] = postprocess
+        if logprobs:
+            body["logprobs"] = transcript_logprobs(transcript.segments)
+        body["usage"] = usage(transcript.duration)
         return JSONResponse(body)
     headers = {}
     redactions = text_report(transcript).get("redactions")
@@ -370,6 +382,12 @@ async def openai_transcriptions(
     known_speaker_references: SpeakerReferencesField = None,
     min_speakers: MinSpeakersField = None,
     max_speakers: MaxSpeakersField = None,
+    # Read from the form by `RequestFields` (the SDK also sends chunking_strategy[...] fields); declared for the docs.
+    include: Annotated[list[str] | None, Form(alias="include[]", description="logprobs")] = None,
+    keywords: Annotated[list[str] | None, Form(alias="keywords[]", description="Vocabulary hints, "
+                                               "merged with hotwords")] = None,
+    chunking_strategy: Annotated[str | None, Form(description='"auto" or a server_vad object (JSON) for the VAD')]
+    = None,
 ) -> Response:
     return await _openai_audio(
         request, "transcribe", file, language, prompt, response_format, temperature, timestamp_granularities,

@@ -22,6 +22,22 @@ _SPEAKER = Field(None, description="With channels=split, the channel's speaker; 
 _CHANNEL = Field(None, description="With channels=split: the channel (0 = left).")
 
 
+class UsageDuration(_Strict):
+    """OpenAI's duration usage (docs/openai-compat.md)."""
+
+    type: str = "duration"
+    seconds: float = Field(description="Length of the input audio in seconds.")
+
+
+class Logprob(_Strict):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+_USAGE = Field(None, description="The input audio's length, as OpenAI reports it.")
+
+
 class DroppedSegment(_Strict):
     """A segment the invented-phrase filter removed, and why."""
 
@@ -72,6 +88,8 @@ class TranscriptionJson(_Strict):
     postprocess: PostprocessResult | None = Field(None, description="Present when `postprocess` was asked for.")
     redactions: dict[str, int] | None = _REDACTIONS
     original_text: str | None = _ORIGINAL
+    logprobs: list[Logprob] | None = Field(None, description="Present with `include[]=logprobs`.")
+    usage: UsageDuration | None = _USAGE
 
 
 class VerboseSegment(_Strict):
@@ -111,6 +129,7 @@ class TranscriptionVerbose(_Strict):
     )
     redactions: dict[str, int] | None = _REDACTIONS
     original_text: str | None = _ORIGINAL
+    usage: UsageDuration | None = _USAGE
 
 
 class DiarizedSegment(_Strict):
@@ -134,6 +153,7 @@ class TranscriptionDiarized(_Strict):
     postprocess: PostprocessResult | None = Field(None, description="Present when `postprocess` was asked for.")
     redactions: dict[str, int] | None = _REDACTIONS
     original_text: str | None = _ORIGINAL
+    usage: UsageDuration | None = _USAGE
 
 
 # --- POST /v1/audio/diarization -----------------------------------------------------------------------------

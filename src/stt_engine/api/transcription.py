@@ -34,6 +34,7 @@ from stt_engine.config import Settings
 from stt_engine.engine import Transcript
 from stt_engine.errors import InvalidRequest, NotReady, PayloadTooLarge, STTError
 from stt_engine.formats import to_diarized_json
+from stt_engine.openai_fields import transcript_logprobs
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler import Scheduler
 from stt_engine.textproc import TextOptions, finish_transcript
@@ -273,6 +274,7 @@ async def stream_upload(
     speaker_names: list[str] | None = None,
     segment_events: bool = False,
     diarization: speakers_mod.DiarizeRequest | None = None,
+    logprobs: bool = False,
 ) -> StreamingResponse:
     """`stream=true`: Server-Sent Events in OpenAI's shape. A `transcript.text.delta` for each run of segments as
     it becomes final (a request's sections are decoded in order, so the first arrive early), then
@@ -333,7 +335,8 @@ async def stream_upload(
 
     def events_for(delta: str, segments: list[Segment]) -> Iterator[str]:
         if delta:
-            yield _sse({"type": "transcript.text.delta", "delta": delta})
+            scores = {"logprobs": transcript_logprobs(segments)} if logprobs else {}
+            yield _sse({"type": "transcript.text.delta", "delta": delta, **scores})
         if diarizing:
             held.extend(segments)
             if not assigner and turns_work is not None and turns_work.done():

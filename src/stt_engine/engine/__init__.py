@@ -128,8 +128,8 @@ class Engine:
 
     def batch_key(self, job: Job) -> Hashable:
         """Windows with equal keys may share one `generate` call: every option but the language (whose token is
-        set per window) changes how a window is decoded."""
-        return replace(job.options, language=None)
+        set per window) changes how a window is decoded. The VAD values only choose which audio is decoded."""
+        return replace(job.options, language=None, vad=None)
 
     @property
     def has_solo(self) -> bool:

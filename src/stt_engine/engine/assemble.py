@@ -8,6 +8,8 @@ built from the same function, so what was streamed is what is returned.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from faster_whisper.transcribe import Segment, Word
 from faster_whisper.vad import SpeechTimestampsMap
 
@@ -15,6 +17,13 @@ from stt_engine.audio import SAMPLE_RATE
 from stt_engine.engine.job import Job, Transcript
 
 NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "yue"})
+
+
+@dataclass
+class ScoredSegment(Segment):
+    """A segment of a request that asked for `include[]=logprobs`: its text tokens' OpenAI `logprobs` entries."""
+
+    logprobs: list[dict] | None = None
 
 
 def final_segments(job: Job) -> list[Segment]:
@@ -43,11 +52,12 @@ def final_segments(job: Job) -> list[Segment]:
             else:
                 start, end = ts_map.get_original_time(start), ts_map.get_original_time(end, is_end=True)
         end = min(max(end, start), round(job.duration, 3))
+        scored = {"logprobs": seg["logprobs"]} if seg.get("logprobs") is not None else {}
         out.append(
-            Segment(
+            (ScoredSegment if scored else Segment)(
                 id=len(out), seek=seg["seek"], start=round(start, 3), end=round(end, 3), text=text,
                 tokens=seg["tokens"], avg_logprob=seg["avg_logprob"], compression_ratio=seg["compression_ratio"],
-                no_speech_prob=seg["no_speech_prob"], words=words, temperature=seg["temperature"],
+                no_speech_prob=seg["no_speech_prob"], words=words, temperature=seg["temperature"], **scored,
             )
         )
     return out

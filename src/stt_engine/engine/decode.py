@@ -16,6 +16,7 @@ Each window is decoded as faster-whisper's `generate_segments` decodes a window 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
 from stt_engine.engine.job import HOP, WINDOW_FRAMES, Stream
+from stt_engine.openai_fields import token_logprobs
 from stt_engine.options import TranscribeOptions
 
 COMPRESSION_RATIO_THRESHOLD = 2.4
@@ -108,7 +110,10 @@ class WindowDecoder:
         prompts = [self._prompt(s, t) for s, t in zip(streams, tokenizers)]
         attempts = self._generate_with_fallback(options, features, encoder_output, prompts, tokenizers)
         for i, (stream, tokenizer, attempt, size) in enumerate(zip(streams, tokenizers, attempts, sizes)):
-            self._advance(stream, tokenizer, attempt, size, encoder_output if len(streams) == 1 else None, features[i])
+            own = encoder_output if len(streams) == 1 else None
+            if options.logprobs and own is None:
+                own = self._sliced(encoder_output, i)
+            self._advance(stream, tokenizer, attempt, size, own, features[i], prompts[i])
 
     # --- prompt and generation ----------------------------------------------------------------------------
     def _prompt(self, stream: Stream, tokenizer: Tokenizer) -> list[int]:
@@ -179,7 +184,7 @@ class WindowDecoder:
     # --- segments, seek and words ---------------------------------------------------------------------------
     def _advance(
         self, stream: Stream, tokenizer: Tokenizer, attempt: Attempt, size: int,
-        encoder_output: ctranslate2.StorageView | None, features: np.ndarray,
+        encoder_output: ctranslate2.StorageView | None, features: np.ndarray, prompt: list[int] | None = None,
     ) -> None:
         """Whisper's no-speech rule, then segments at timestamps and the new seek, as `generate_segments` does."""
         options = stream.job.options
@@ -191,6 +196,10 @@ class WindowDecoder:
             tokenizer=tokenizer, tokens=attempt.tokens, time_offset=time_offset, segment_size=size,
             segment_duration=size * self.model.feature_extractor.time_per_frame, seek=stream.seek,
         )
+        if options.logprobs and segments and prompt is not None:
+            if encoder_output is None:
+                encoder_output = self.model.encode(features[np.newaxis])
+            self._score(segments, tokenizer, prompt, encoder_output, size)
         if options.word_timestamps and segments:
             if encoder_output is None:
                 encoder_output = self.model.encode(features[np.newaxis])
@@ -215,3 +224,32 @@ class WindowDecoder:
             stream.prompt_reset_since = len(stream.tokens)
         stream.segments.extend(kept)
         stream.seek = seek
+
+    # --- logprobs (include[]=logprobs) ------------------------------------------------------------------------
+    def _sliced(self, encoder_output: ctranslate2.StorageView, index: int) -> ctranslate2.StorageView | None:
+        """Window `index` of a batch's encoder output, copied out on CPU (a 1.5k x d_model copy, far cheaper than
+        encoding the window again); None elsewhere, where the caller encodes the window when it needs it."""
+        if self.model.model.device != "cpu":
+            return None
+        return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(encoder_output)[index: index + 1]))
+
+    def _score(
+        self, segments: list[dict], tokenizer: Tokenizer, prompt: list[int], encoder_output: ctranslate2.StorageView,
+        size: int,
+    ) -> None:
+        """Each segment's text tokens with their log-probabilities, as segment["logprobs"].
+
+        The beam search does not report per-token scores (CTranslate2 returns step logits only for greedy search),
+        so the chosen tokens are scored again in one teacher-forced decoder pass (`Whisper.align`, which
+        faster-whisper uses for word probabilities) after the same prompt: a fraction of the window's decoding
+        cost, paid only by requests that ask for logprobs."""
+        texts = [[t for t in segment["tokens"] if t < tokenizer.eot] for segment in segments]
+        flat = [t for tokens in texts for t in tokens]
+        probabilities: list[float] = []
+        if flat:
+            probabilities = list(self.model.model.align(encoder_output, prompt, [flat], size)[0].text_token_probs)
+        position = 0
+        for segment, tokens in zip(segments, texts):
+            scores = [math.log(max(p, 1e-30)) for p in probabilities[position: position + len(tokens)]]
+            segment["logprobs"] = token_logprobs(tokenizer.tokenizer, tokens, scores)
+            position += len(tokens)

@@ -36,7 +36,7 @@ def prepare(
     """A job whose streams cover the speech in `samples`; none when there is no speech. `early_first` (streamed
     requests): a short first section, whose text is final after one short window."""
     if options.vad_filter:
-        speech = detect_speech(samples)
+        speech = detect_speech(samples, options.vad.vad_options() if options.vad else None)
     else:
         speech = [{"start": 0, "end": len(samples)}] if len(samples) else []
     job = Job(options=options, samples=samples, duration=duration, speech=speech, language=options.language)
@@ -57,16 +57,16 @@ def prepare(
     return job
 
 
-def detect_speech(samples: np.ndarray) -> list[dict]:
-    """faster-whisper's VAD with its defaults; audio longer than a block is scanned block by block (bounded
-    memory) and speech that runs across a block boundary is joined again."""
+def detect_speech(samples: np.ndarray, vad: dict | None = None) -> list[dict]:
+    """faster-whisper's VAD with its defaults (or the request's `chunking_strategy` values, `vad`); audio longer
+    than a block is scanned block by block (bounded memory) and speech across a block boundary is joined again."""
     block = VAD_BLOCK_SECONDS * SAMPLE_RATE
     if len(samples) <= block:
-        return get_speech_timestamps(samples, VadOptions())
+        return get_speech_timestamps(samples, VadOptions(**(vad or {})))
     speech: list[dict] = []
     for offset in range(0, len(samples), block):
         piece = samples[offset: offset + block]
-        for chunk in get_speech_timestamps(piece, VadOptions()):
+        for chunk in get_speech_timestamps(piece, VadOptions(**(vad or {}))):
             chunk = {"start": chunk["start"] + offset, "end": chunk["end"] + offset}
             if speech and chunk["start"] <= speech[-1]["end"]:
                 speech[-1]["end"] = max(speech[-1]["end"], chunk["end"])

@@ -22,6 +22,10 @@ PCM_RATES = (24000, 16000)  # 24 kHz is OpenAI's only PCM rate; 16 kHz is our ex
 G711_RATE = 8000
 # semantic_vad has no model here: its eagerness picks how long a pause ends a turn (OpenAI: low waits longest).
 EAGERNESS_SILENCE_MS = {"low": 1500, "medium": 800, "auto": 800, "high": 500}
+LOGPROBS_INCLUDE = "item.input_audio_transcription.logprobs"  # session.include: logprobs on the completed event
+# OpenAI's noise reduction types. Accepted and echoed; no filter is applied (Whisper is trained on noisy audio, and
+# a denoiser's artefacts cost it more accuracy than the noise), see docs/openai-compat.md.
+NOISE_REDUCTION_TYPES = ("near_field", "far_field")
 
 
 class ProtocolError(Exception):
@@ -74,9 +78,11 @@ class SessionConfig:
     turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
     noise_reduction: dict[str, Any] | None = None  # echoed back; no noise suppression is applied
     include: list[str] | None = None
+    keywords: tuple[str, ...] = ()  # transcription.keywords: merged into the hotwords
 
     def transcription(self) -> dict[str, Any]:
-        return {"model": self.model, "language": self.language, "prompt": self.prompt}
+        keywords = {"keywords": list(self.keywords)} if self.keywords else {}
+        return {"model": self.model, "language": self.language, "prompt": self.prompt, **keywords}
 
 
 def new_id(prefix: str) -> str:
@@ -173,6 +179,25 @@ def _transcription(value: Any, param: str, config: SessionConfig) -> SessionConf
         out = replace(out, language=_text(value["language"], f"{param}.language"))
     if "prompt" in value:
         out = replace(out, prompt=_text(value["prompt"], f"{param}.prompt"))
+    if "keywords" in value:
+        keywords = _include(value["keywords"], f"{param}.keywords") or []
+        out = replace(out, keywords=tuple(k.strip() for k in keywords if k.strip()))
+    return out
+
+
+def _noise_reduction(value: Any, param: str) -> dict[str, Any] | None:
+    """`null` or `{"type": "near_field" | "far_field", "strength": number}` (both optional), as OpenAI defines it."""
+    if value is None:
+        return None
+    value = _obj(value, param)
+    out: dict[str, Any] = {}
+    if value.get("type") is not None:
+        if value["type"] not in NOISE_REDUCTION_TYPES:
+            raise ProtocolError(f"Unsupported noise_reduction type {value['type']!r}: use near_field, far_field or "
+                                "null.", param=f"{param}.type")
+        out["type"] = value["type"]
+    if value.get("strength") is not None:
+        out["strength"] = _number(value["strength"], f"{param}.strength", 0.0, 1e6)
     return out
 
 
@@ -208,7 +233,8 @@ def apply_ga(config: SessionConfig, session: Any) -> SessionConfig:
                 out = replace(out, turn_detection=_turn_detection(
                     audio_input["turn_detection"], "session.audio.input.turn_detection", out.turn_detection))
             if "noise_reduction" in audio_input:
-                out = replace(out, noise_reduction=audio_input["noise_reduction"])
+                out = replace(out, noise_reduction=_noise_reduction(
+                    audio_input["noise_reduction"], "session.audio.input.noise_reduction"))
     if "include" in session:
         out = replace(out, include=_include(session["include"], "session.include"))
     return out
@@ -226,7 +252,8 @@ def apply_beta(config: SessionConfig, session: Any) -> SessionConfig:
         out = replace(out, turn_detection=_turn_detection(
             session["turn_detection"], "session.turn_detection", out.turn_detection))
     if "input_audio_noise_reduction" in session:
-        out = replace(out, noise_reduction=session["input_audio_noise_reduction"])
+        out = replace(out, noise_reduction=_noise_reduction(
+            session["input_audio_noise_reduction"], "session.input_audio_noise_reduction"))
     if "include" in session:
         out = replace(out, include=_include(session["include"], "session.include"))
     return out

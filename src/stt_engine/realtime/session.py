@@ -30,10 +30,12 @@ from stt_engine.audio import SAMPLE_RATE
 from stt_engine.config import Settings
 from stt_engine.engine import TranscribeOptions, Transcript
 from stt_engine.errors import STTError
+from stt_engine.openai_fields import merge_keywords, transcript_logprobs
 from stt_engine.options import build_options
 from stt_engine.realtime import agreement
 from stt_engine.realtime.audio_formats import StreamDecoder
 from stt_engine.realtime.protocol import (
+    LOGPROBS_INCLUDE,
     ProtocolError,
     SessionConfig,
     apply_beta,
@@ -437,6 +439,7 @@ class RealtimeSession:
         await self._send(event(
             "conversation.item.input_audio_transcription.completed", item_id=item.id, content_index=0,
             transcript=item.sent_text, usage={"type": "duration", "seconds": round(len(item.audio) / SAMPLE_RATE, 3)},
+            **({"logprobs": transcript_logprobs(transcript.segments)} if self._options.logprobs else {}),
         ))
         if self._metrics is not None:
             self._metrics.realtime_final_latency.observe(time.monotonic() - item.ended_at)
@@ -454,7 +457,9 @@ class RealtimeSession:
     def _build_options(self, config: SessionConfig) -> TranscribeOptions:
         # Turns cut by our VAD are speech already; committed buffers without VAD get the file path's VAD filter.
         return build_options(self.settings, self.languages, language=config.language, prompt=config.prompt,
-                             vad_filter=None if config.turn_detection is None else False)
+                             vad_filter=None if config.turn_detection is None else False,
+                             hotwords=merge_keywords(None, config.keywords),
+                             logprobs=LOGPROBS_INCLUDE in (config.include or []))
 
     def _early_final_pause(self) -> float:
         td = self.config.turn_detection
@@ -462,7 +467,7 @@ class RealtimeSession:
 
     def _partial_options(self) -> TranscribeOptions:
         """Partials are provisional: greedy, no temperature fallback, so they cost the least."""
-        return replace(self._options, beam_size=1, temperatures=(0.0,))
+        return replace(self._options, beam_size=1, temperatures=(0.0,), logprobs=False)
 
     def _new_tracker(self, config: SessionConfig, position: int = 0) -> TurnTracker:
         td = config.turn_detection
