@@ -83,6 +83,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not short:
         return _fail(f"no {SHORT_RANGE[0]:g}-{SHORT_RANGE[1]:g} s clips in {', '.join(args.languages)} "
                      f"with a reference in {audio_dir}/manifest.tsv")
+    load_start = [round(x, 2) for x in os.getloadavg()]  # other work on the machine moves every ratio
     audio = library.decode(short + long_clips)
     payloads = {c.name: c.path.read_bytes() for c in short + long_clips}
     print(f"model {model.name} ({model.path}); {len(short)} short clips, {sum(c.duration for c in short):.1f} s "
@@ -130,7 +131,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-               "python": platform.python_version(), "load_average": [round(x, 2) for x in os.getloadavg()]}
+               "python": platform.python_version(), "load_average_start": load_start,
+               "load_average_end": [round(x, 2) for x in os.getloadavg()]}
     result = {
         "machine": machine, "model": model.name, "audio_dir": str(audio_dir), "quick": quick, "rounds": rounds,
         "raw": {"device": health["device"], "compute_type": health["compute_type"], "beam_size": library.BEAM_SIZE,
@@ -151,7 +153,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     }
     (out_dir / "latest.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     title = (f"stt-engine bench: {machine['cpu']}, {machine['cores']} cores, {model.name}, {health['device']} "
-             f"{health['compute_type']}; {len(short)} clips x {rounds} rounds")
+             f"{health['compute_type']}; {len(short)} clips x {rounds} rounds; load average {load_start[0]:g} at start, "
+             f"{machine['load_average_end'][0]:g} at end")
     report.chart(rows, out_dir / "latest.png", title)
     print(f"\nwrote {out_dir / 'latest.json'} and {out_dir / 'latest.png'}")
     return 0
