@@ -28,13 +28,16 @@ def test_bench_quick(tmp_path: Path) -> None:
     # like with like: the library runs on the server's device and compute type
     assert (result["raw"]["device"], result["raw"]["compute_type"]) == (result["server"]["device"],
                                                                          result["server"]["compute_type"])
-    runs = {(r["mode"], r["name"]) for r in result["runs"]}
+    runs = {(r["mode"], r["kind"], r["name"]) for r in result["runs"]}
     processes = result["server"]["workers"]
-    assert result["ceiling"] == {"processes": processes, "threads_per_process": 1, "pipeline": "WhisperModel.transcribe"}
+    # on CUDA both the library and the ceiling use BatchedInferencePipeline; on a CPU, WhisperModel.transcribe
+    pipeline = result["raw"]["short_clips_pipeline"]
+    assert pipeline == ("BatchedInferencePipeline" if result["raw"]["device"] == "cuda" else "WhisperModel.transcribe")
+    assert result["ceiling"] == {"processes": processes, "threads_per_process": 1, "pipeline": pipeline}
     ceiling = f"ceiling: {processes} x 1-thread library"
     for mode in ("given", "detected"):
-        assert {(mode, "raw faster-whisper (sequential)"), (mode, ceiling), (mode, "server c=1"),
-                (mode, "server c=2")} <= runs
+        assert {(mode, "ceiling", ceiling), (mode, "server", "server c=1"), (mode, "server", "server c=2")} <= runs
+        assert sum(r["mode"] == mode and r["kind"] == "library" for r in result["runs"]) == 1
         goals = result["targets"][mode]
         assert goals["ceiling_vs_library"] > 0 and goals["server_vs_ceiling"].keys() == {"2"}
         assert goals["server_vs_ceiling_met"] is None  # held at 4 and 8 clients, which --quick does not run
