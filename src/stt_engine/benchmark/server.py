@@ -61,12 +61,13 @@ class RssSampler:
 
 class ServerProcess:
     """`stt-engine serve` (this interpreter, so PYTHONPATH and the venv carry over) on a free loopback port with
-    `env` added, started in `cwd` (the checkout by default). Its console goes to `log_path`, kept, or to a temporary
-    file removed at `stop()`; the tail is in the error when start-up fails. `health` is its /health once ready."""
+    `env` added (or on `port`), started in `cwd` (the checkout by default). Its console goes to `log_path`, kept, or
+    to a temporary file removed at `stop()`; the tail is in the error when start-up fails. `health` is its /health
+    once ready."""
 
     def __init__(self, env: dict[str, str] | None = None, ready_timeout: float = 300.0,
-                 log_path: Path | None = None, cwd: Path | None = REPO) -> None:
-        self.port = free_port()
+                 log_path: Path | None = None, cwd: Path | None = REPO, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self._keep_log = log_path is not None
         if log_path is None:
@@ -142,9 +143,9 @@ class ServerProcess:
 
 @contextmanager
 def serving(env: dict[str, str] | None = None, ready_timeout: float = 300.0, log_path: Path | None = None,
-            cwd: Path | None = REPO) -> Iterator[ServerProcess]:
+            cwd: Path | None = REPO, port: int | None = None) -> Iterator[ServerProcess]:
     """A ready `ServerProcess` for the block; stopped after it, whatever happens."""
-    server = ServerProcess(env, ready_timeout, log_path, cwd)
+    server = ServerProcess(env, ready_timeout, log_path, cwd, port)
     try:
         yield server
     finally:
