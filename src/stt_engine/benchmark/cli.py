@@ -39,6 +39,9 @@ from stt_engine.benchmark.server import RssSampler, serving
 
 SHORT_RANGE = (2.0, 12.0)
 LONG_MIN_SECONDS = 60.0
+# A loaded machine should slow a run down, not abort it with the server's 504 (60 s + 2 x audio by default);
+# --server-env REQUEST_TIMEOUT_BASE_S=... overrides it.
+SERVER_DEFAULTS = {"REQUEST_TIMEOUT_BASE_S": "3600"}
 
 
 def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
@@ -90,7 +93,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
           f"of audio, {rounds} round(s); {len(long_clips)} long clips; server env {server_env or '(defaults)'}",
           flush=True)
 
-    with serving({**server_env, "WHISPER_MODEL": str(model.path)}) as server:
+    with serving({**SERVER_DEFAULTS, **server_env, "WHISPER_MODEL": str(model.path)}) as server:
         health = server.health
         print(f"server: {health['device']}, {health['compute_type']}, {health.get('workers')} workers x "
               f"{health.get('threads_per_worker')} threads, batch {health.get('batch_size')}", flush=True)
