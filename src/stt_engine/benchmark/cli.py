@@ -144,7 +144,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 "batched_pipeline_batch_size": library.BATCH_SIZE},
         "ceiling": {"processes": processes, "threads_per_process": 1,
                     "pipeline": "BatchedInferencePipeline" if spec.batched else "WhisperModel.transcribe"},
-        "server": {"env": server_env, **{k: health.get(k) for k in ("device", "compute_type", "workers",
+        "server": {"env": {**SERVER_DEFAULTS, **server_env}, **{k: health.get(k) for k in ("device", "compute_type", "workers",
                                                                     "threads_per_worker", "batch_size")},
                    "beam_size": settings.whisper_beam_size, "vad_filter": settings.whisper_vad_filter},
         "clips": [c.name for c in short],
