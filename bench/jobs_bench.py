@@ -11,15 +11,9 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,45 +21,22 @@ from pathlib import Path
 
 import httpx
 
+from stt_engine.benchmark.clips import read_manifest
+from stt_engine.benchmark.server import ServerProcess
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _clips(audio_dir: Path) -> list[Path]:
-    with (audio_dir / "manifest.tsv").open(encoding="utf-8") as handle:
-        rows = [r for r in csv.DictReader(handle, delimiter="\t") if 5 <= float(r["duration_seconds"]) <= 60]
-    rows.sort(key=lambda r: float(r["duration_seconds"]))
-    paths = [audio_dir / r["file"] for r in rows]
+    rows = sorted((c for c in read_manifest(audio_dir) if 5 <= c.duration <= 60), key=lambda c: c.duration)
+    paths = [c.path for c in rows]
     while len(paths) < 20:
         paths += paths[: 20 - len(paths)]
     return paths[:20]
 
 
-def _server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "DATA_DIR": str(data_dir),
-           "LOG_LEVEL": "WARNING", "MAX_QUEUED_REQUESTS": "64"}
-    proc = subprocess.Popen([sys.executable, "-m", "stt_engine", "serve"], env=env, cwd=str(ROOT),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/health/ready", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
-
-
-def _sync(base: str, path: Path) -> str:
-    with path.open("rb") as handle:
-        r = httpx.post(base + "/v1/audio/transcriptions", files={"file": (path.name, handle)}, timeout=900)
-    r.raise_for_status()
-    return r.json()["text"]
+def _server(data_dir: Path) -> ServerProcess:
+    return ServerProcess({"DATA_DIR": str(data_dir), "LOG_LEVEL": "WARNING", "MAX_QUEUED_REQUESTS": "64"})
 
 
 def _submit(base: str, path: Path) -> str:
@@ -92,12 +63,13 @@ def main() -> int:
     clips = _clips(Path(args.audio_dir))
     audio_seconds = 0.0
     data_dir = Path(tempfile.mkdtemp(prefix="stt-jobs-bench-"))
-    proc, base = _server(data_dir)
+    server = _server(data_dir)
+    base = server.base
     try:
-        _sync(base, clips[0])  # warm
+        server.transcribe(clips[0])  # warm
         started = time.perf_counter()
         with ThreadPoolExecutor(len(clips)) as pool:
-            sync_texts = list(pool.map(lambda p: _sync(base, p), clips))
+            sync_texts = list(pool.map(server.transcribe, clips))
         sync_total = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -111,7 +83,7 @@ def main() -> int:
         overhead = []
         for path in (clips[0], clips[len(clips) // 2], clips[-2])[: args.overhead_runs]:
             t0 = time.perf_counter()
-            _sync(base, path)
+            server.transcribe(path)
             sync_latency = time.perf_counter() - t0
             t0 = time.perf_counter()
             job = _wait(base, _submit(base, path), 0.02)
@@ -119,8 +91,7 @@ def main() -> int:
             overhead.append({"clip": path.name, "audio_s": job["duration"], "sync_s": round(sync_latency, 3),
                              "job_s": round(job_latency, 3), "added_s": round(job_latency - sync_latency, 3)})
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
     result = {
         "clips": len(clips), "audio_seconds": round(audio_seconds, 1),

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import os
 import platform
@@ -39,15 +38,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the SDK streamer and the server runner are the tests' own
+sys.path.insert(0, str(ROOT))  # the SDK streamer is the tests' own
 
-from stt_engine.textnorm import error_rate
+from stt_engine.benchmark.clips import Clip, by_file, read_manifest
+from stt_engine.benchmark.server import ServerProcess, serving
 from tests.realtime_support import Stream, pcm16, silence, stream_sdk
-from tests.support import post_audio, running_server
 
 TURNS = ("ko/ett_pma00031.wav", "en/picovoice_test_en.wav", "ko/ett_pfi00017.wav",
          "en/librivox_sense_and_sensibility-0870.wav")
@@ -62,20 +60,18 @@ COMPLETED = "conversation.item.input_audio_transcription.completed"
 FAILED = "conversation.item.input_audio_transcription.failed"
 
 
-def _manifest(audio_dir: Path) -> dict[str, dict[str, str]]:
-    path = audio_dir / "manifest.tsv"
-    if not path.is_file():
+def _manifest(audio_dir: Path) -> dict[str, Clip]:
+    if not (audio_dir / "manifest.tsv").is_file():
         raise SystemExit(f"no manifest.tsv in {audio_dir}")
-    with path.open(encoding="utf-8") as handle:
-        rows = {r["file"]: r for r in csv.DictReader(handle, delimiter="\t")}
-    missing = [f for f in TURNS if f not in rows or not (audio_dir / f).is_file()]
+    rows = by_file(read_manifest(audio_dir))
+    missing = [f for f in TURNS if f not in rows or not rows[f].path.is_file()]
     if missing:
         raise SystemExit(f"{audio_dir} lacks {', '.join(missing)}")
     return rows
 
 
-def _score(text: str, row: dict[str, str]) -> float:
-    return round(error_rate(text, (row["reference"], row["reference_alt"]), row["language"]), 4)
+def _score(text: str, clip: Clip) -> float:
+    return round(clip.error_rate(text), 4)
 
 
 def _stream(audio_dir: Path) -> tuple[bytes, list[tuple[float, float]]]:
@@ -145,7 +141,7 @@ def _p95(values: list[float]) -> float | None:
 
 
 def _run_count(base: str, count: int, audio: bytes, spans: list[tuple[float, float]],
-               rows: dict[str, dict[str, str]], settle_s: float) -> dict[str, Any]:
+               rows: dict[str, Clip], settle_s: float) -> dict[str, Any]:
     load_start = os.getloadavg()
     started = time.monotonic()
     streams = asyncio.run(_sessions(base, count, audio, settle_s))
@@ -172,7 +168,7 @@ def _run_count(base: str, count: int, audio: bytes, spans: list[tuple[float, flo
     clip_rates = [c for s in sessions for c in s["clips"]]
 
     def mean_rate(language: str) -> float:
-        return round(statistics.mean(c["error_rate"] for c in clip_rates if rows[c["clip"]]["language"] == language), 4)
+        return round(statistics.mean(c["error_rate"] for c in clip_rates if rows[c["clip"]].language == language), 4)
 
     return {
         "sessions": count, "wall_s": round(wall, 2), "stream_seconds": round(stream_end, 2),
@@ -193,17 +189,15 @@ def _run_count(base: str, count: int, audio: bytes, spans: list[tuple[float, flo
     }
 
 
-def _files(base: str, audio_dir: Path, rows: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+def _files(server: ServerProcess, rows: dict[str, Clip]) -> list[dict[str, Any]]:
     """The same clips as files (language detected, like the sessions): the accuracy to match and the CPU's speed."""
-    post_audio(base, "/v1/audio/transcriptions", audio_dir / TURNS[0]).raise_for_status()  # warm-up
+    server.transcribe(rows[TURNS[0]].path)  # warm-up
     out = []
     for name in TURNS:
         t0 = time.monotonic()
-        r = post_audio(base, "/v1/audio/transcriptions", audio_dir / name)
-        r.raise_for_status()
-        out.append({"clip": name, "audio_s": float(rows[name]["duration_seconds"]),
-                    "seconds": round(time.monotonic() - t0, 3), "text": r.json()["text"],
-                    "error_rate": _score(r.json()["text"], rows[name])})
+        text = server.transcribe(rows[name].path)
+        out.append({"clip": name, "audio_s": rows[name].duration, "seconds": round(time.monotonic() - t0, 3),
+                    "text": text, "error_rate": _score(text, rows[name])})
     return out
 
 
@@ -257,9 +251,9 @@ def main() -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="stt-realtime-bench-"))
     env = {"LOG_LEVEL": "WARNING", "LOG_DIR": str(log_dir), "MAX_REALTIME_SESSIONS": str(max(8, max(counts)))}
     try:
-        with running_server(env, ready_timeout=300) as base:
-            health = httpx.get(base + "/health", timeout=10).json()
-            files = _files(base, audio_dir, rows)
+        with serving(env, ready_timeout=300) as server:
+            base, health = server.base, server.health
+            files = _files(server, rows)
             runs = []
             for count in counts:
                 runs.append(_run_count(base, count, audio, spans, rows, args.settle))

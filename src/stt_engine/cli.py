@@ -23,7 +23,7 @@ def _register_optional(subparsers: argparse._SubParsersAction) -> None:
     """Subcommands that live beside their code (models, post-processing, benchmark)."""
     registrars: list[Callable[[argparse._SubParsersAction], None]] = []
     for module_name in (
-        "stt_engine.models.cli", "stt_engine.bundle", "stt_engine.postprocess.cli", "stt_engine.bench",
+        "stt_engine.models.cli", "stt_engine.bundle", "stt_engine.postprocess.cli", "stt_engine.benchmark.cli",
         "stt_engine.realtime.client",
     ):
         try:
