@@ -135,7 +135,10 @@ class Diarizer:
         opts.inter_op_num_threads = 1
         opts.enable_cpu_mem_arena = False  # inputs vary in length: an arena would keep the largest ever seen
         opts.log_severity_level = 3
-        self._session = onnxruntime.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        providers = ["CPUExecutionProvider"]
+        if settings.whisper_device != "cpu" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")  # onnxruntime-gpu installed: embed on the GPU
+        self._session = onnxruntime.InferenceSession(str(path), opts, providers=providers)
         with np.load(path.parent / campplus.DENSE_NAME) as dense:
             self._dense = {k: dense[k] for k in dense.files}
 
