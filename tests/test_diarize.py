@@ -257,9 +257,10 @@ def test_known_speakers_named_unknown_gets_a_letter(diarizer: Diarizer) -> None:
     named = {"lmy": "민영", "librivox": "Reader", "kih": "A"}
     check([(s, e, named[w]) for s, e, w in truth], turns)
     assert {t.speaker for t in turns} == {"민영", "Reader", "A"}, turns
-    result = score([(s, e, named[w]) for s, e, w in truth],
-                   [SpeakerTurn(t.start, t.end, t.speaker + "#") for t in turns])
-    assert result["speakers"] == 3  # (the identity mapping is what counted above: names are not permuted)
+    for name, who in (("민영", "lmy"), ("Reader", "librivox"), ("A", "kih")):  # each name on its own speaker's turns
+        mine = [t for t in turns if t.speaker == name]
+        inside = sum(max(0.0, min(t.end, e) - max(t.start, s)) for t in mine for s, e, w in truth if w == who)
+        assert inside >= 0.9 * sum(t.end - t.start for t in mine), (name, turns)
 
 
 def test_reference_checks(diarizer: Diarizer) -> None:
