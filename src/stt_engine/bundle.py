@@ -197,6 +197,11 @@ def build_bundle(opts: BundleOptions) -> Path:
         if opts.model_dir is not None:
             model_name = opts.model_name or opts.model_dir.name
             copy_model(opts.model_dir, root / "models" / model_name)
+        from stt_engine.diarize.model import MODEL_DIR_NAME, model_path
+
+        speaker_model = model_path(get_settings())
+        if speaker_model is not None:  # diarization's CAM++ model, when this machine has it (make install builds it)
+            copy_model(speaker_model.parent, root / "models" / MODEL_DIR_NAME)
 
         requirement = PROJECT_NAME + (f"[{','.join(opts.extras)}]" if opts.extras else "") + f"=={__version__}"
         install = root / "install.sh"

@@ -171,7 +171,7 @@ class Settings(BaseSettings):
         None, description="Folder of the CAM++ speaker model; default MODEL_CACHE_DIR/campplus-cn-en-common."
     )
     diarize_threshold: float = Field(
-        0.6, gt=0, lt=1, description="Cosine similarity above which two groups of speech are one speaker."
+        0.4, gt=0, lt=1, description="Cosine similarity below which two groups of speech are never one speaker."
     )
     diarize_cpu_threads: int = Field(0, ge=0, description="Threads of one diarization; 0 = half the cores (at least 1).")
 

@@ -16,14 +16,29 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+BAND = 0.1
+DROP = 0.75
+
+
+def should_merge(similarity: float, previous: float | None, threshold: float) -> bool:
+    """Whether the most similar pair of clusters is one speaker: surely at `threshold + BAND` or more, never below
+    `threshold`; in between only when the similarity did not drop below `DROP` x the previous merge's (a sharp
+    drop is the gap between one voice's windows and another's, e.g. overlapped speech against the voice alone)."""
+    if similarity >= threshold + BAND:
+        return True
+    if similarity < threshold:
+        return False
+    return previous is None or similarity >= DROP * previous
+
+
 def average_linkage(
     embeddings: np.ndarray, threshold: float, *, min_clusters: int = 1, max_clusters: int | None = None
 ) -> np.ndarray:
     """Agglomerative clustering of unit rows by average cosine similarity; returns a label per row (0, 1, ...).
 
-    Merges the most similar pair of clusters while their average pairwise similarity is at least `threshold`,
-    and beyond that while there are more than `max_clusters`; never goes below `min_clusters` (nor below one).
-    Labels are numbered in order of first row. O(n^2) memory: callers keep n to about a thousand.
+    Merges the most similar pair of clusters while `should_merge` says so, and beyond that while there are more
+    than `max_clusters`; never goes below `min_clusters` (nor below one). Labels are numbered in order of first
+    row. O(n^2) memory: callers keep n to about a thousand.
     """
     n = len(embeddings)
     if n == 0:
@@ -36,12 +51,14 @@ def average_linkage(
     alive = np.ones(n, dtype=bool)
     parent = np.arange(n)
     count = n
+    previous: float | None = None
     while count > low:
         flat = int(np.argmax(sim))
         a, b = divmod(flat, n)
-        best = sim[a, b]
-        if best < threshold and count <= high:
+        best = float(sim[a, b])
+        if count <= high and not should_merge(best, previous, threshold):
             break
+        previous = best
         # Lance-Williams update for average linkage: the merged row is the size-weighted mean of the two
         merged = (sizes[a] * sim[a] + sizes[b] * sim[b]) / (sizes[a] + sizes[b])
         sim[a] = merged

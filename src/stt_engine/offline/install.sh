@@ -84,6 +84,17 @@ if [ -n "$MODEL_NAME" ]; then
     echo "==> Verifying the model against its manifest"
     "$PREFIX/venv/bin/stt-engine" models verify "$MODEL_PATH"
 fi
+SPEAKER_MODEL_PATH=""
+if [ -d "$HERE/models/campplus-cn-en-common" ]; then
+    if [ "$PREFIX" != "$HERE" ]; then
+        echo "==> Copying the speaker model (diarization) to $PREFIX/models/campplus-cn-en-common"
+        mkdir -p "$PREFIX/models"
+        rm -rf "${PREFIX:?}/models/campplus-cn-en-common"
+        cp -R "$HERE/models/campplus-cn-en-common" "$PREFIX/models/campplus-cn-en-common"
+    fi
+    SPEAKER_MODEL_PATH="$PREFIX/models/campplus-cn-en-common"
+    "$PREFIX/venv/bin/stt-engine" models verify "$SPEAKER_MODEL_PATH"
+fi
 mkdir -p "$PREFIX/logs" "$PREFIX/audio"
 
 if [ ! -e "$PREFIX/.env" ]; then
@@ -91,6 +102,7 @@ if [ ! -e "$PREFIX/.env" ]; then
     {
         echo "# Written by install.sh; see docs/deployment.md for every setting."
         if [ -n "$MODEL_PATH" ]; then echo "WHISPER_MODEL=$MODEL_PATH"; fi
+        if [ -n "$SPEAKER_MODEL_PATH" ]; then echo "DIARIZATION_MODEL_DIR=$SPEAKER_MODEL_PATH"; fi
         echo "MODELS_DIR=$PREFIX/models"
         echo "LOG_DIR=$PREFIX/logs"
         echo "# WHISPER_DEVICE=cuda   # GPU servers (CUDA 12 + cuDNN 9 libraries must be installed)"
