@@ -33,7 +33,9 @@ WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # The method label's closed set: anything else a client sends (any token is a valid method) becomes "other".
-HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Answers that no endpoint gave: counted, never timed, so a sweep of methods x paths adds no histogram series.
+_UNSERVED_STATUSES = frozenset({405})
 
 
 def method_label(method: str) -> str:
@@ -158,15 +160,18 @@ class Metrics:
             r.register(_SchedulerCollector(get_scheduler))
 
     # --- recording helpers --------------------------------------------------------------------------
-    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+    def observe_request(self, method: str, route: str, status: int, seconds: float, *, served: bool = True) -> None:
         """Count and time a request. Labels stay in closed sets: `route` is a template or the unmatched value,
-        `method` is collapsed here, and a 401 only moves its own unlabelled counter."""
+        `method` is collapsed here, and a 401 only moves its own unlabelled counter. Only requests an endpoint
+        served (`served`: a route matched the path; not a 405) are timed: the histogram, 20 lines a series, then
+        has a series per real endpoint at most, whatever methods and paths clients sweep."""
         if status == 401:
             self.unauthorized.inc()
             return
         method = method_label(method)
         self.requests.labels(method, route, str(status)).inc()
-        self.request_seconds.labels(method, route).observe(seconds)
+        if served and status not in _UNSERVED_STATUSES:
+            self.request_seconds.labels(method, route).observe(seconds)
 
     def observe_transcription(
         self, route: str, audio_seconds: float, processing_seconds: float, queue_wait_seconds: float | None

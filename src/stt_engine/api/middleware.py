@@ -116,7 +116,7 @@ class RequestContextMiddleware:
     def _finish(self, scope: Scope, state: dict[str, Any], status: int, elapsed: float) -> None:
         method = scope.get("method", "")
         route = route_label(scope, self.router)
-        self.metrics.observe_request(method, route, status, elapsed)
+        self.metrics.observe_request(method, route, status, elapsed, served=route != UNMATCHED_ROUTE)
         audio = state.get("audio_seconds")
         processing = state.get("processing_seconds")
         wait = state.get("queue_wait_seconds")
