@@ -95,6 +95,13 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge(f"{PREFIX}_http_requests_in_flight", "HTTP requests being served now.", registry=r)
+        self.connections_refused = Counter(
+            f"{PREFIX}_connections_refused", "Connections answered 503 at accept: past the connection cap that "
+            "SERVER_MAX_CONNECTIONS and the open-file limit allow.", registry=r,
+        )
+        self.connection_limit = Gauge(
+            f"{PREFIX}_connection_limit", "Open connections served at once (the descriptor budget's cap).", registry=r
+        )
 
         self.audio_seconds = Counter(
             f"{PREFIX}_audio_seconds_processed", "Seconds of audio transcribed successfully.", ["route"], registry=r

@@ -18,7 +18,7 @@ from starlette.routing import Match, Mount, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stt_engine.api.errors import send_error
-from stt_engine.errors import InvalidRequest, PayloadTooLarge, STTError
+from stt_engine.errors import InvalidRequest, PayloadTooLarge, STTError, descriptors_exhausted, out_of_descriptors
 from stt_engine.logging_setup import request_id_var
 from stt_engine.metrics import Metrics
 
@@ -103,11 +103,15 @@ class RequestContextMiddleware:
         self.work.count += work
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
+        except Exception as exc:
             if response_started:
                 raise
-            log.exception("unhandled error on %s", scope.get("path"))
-            await send_error(scope, send_with_id, STTError("Internal server error; the request was not processed."))
+            if descriptors_exhausted(exc):  # a temporary file the upload needed: the process is out of descriptors
+                log.warning("out of file descriptors on %s: answered 503", scope.get("path"))
+                await send_error(scope, send_with_id, out_of_descriptors())
+            else:
+                log.exception("unhandled error on %s", scope.get("path"))
+                await send_error(scope, send_with_id, STTError("Internal server error; the request was not processed."))
         finally:
             self.work.count -= work
             self.metrics.in_flight.dec()
