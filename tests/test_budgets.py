@@ -30,6 +30,7 @@ import pytest
 from stt_engine.api.server import FDS_PER_CONNECTION, descriptor_budget, reserved_descriptors
 from stt_engine.config import Settings
 from stt_engine.errors import descriptors_exhausted
+from stt_engine.memory import MemoryReclaimer, release_memory, rss_bytes, should_trim
 from tests.support import REPO, ServerURL, clip, error_rate, free_port, post_audio, rss_mb, running_server
 
 ROUTE = "/v1/audio/transcriptions"
@@ -174,6 +175,32 @@ def test_slow_connections_under_a_low_open_file_limit_never_make_uploads_fail() 
 
 
 # --- memory ---------------------------------------------------------------------------------------------------
+def test_reclaimer_trims_only_after_noticeable_growth() -> None:
+    """The policy, with a fake resident size: small requests cost a measurement, growth past the step a trim
+    (scheduled, not run inline), and a trim resets the baseline to where it left the process."""
+    rss = [500 << 20]
+    trims: list[int] = []
+
+    def fake_trim() -> bool:
+        trims.append(rss[0])
+        rss[0] -= 300 << 20
+        return True
+
+    reclaimer = MemoryReclaimer(growth=32 << 20, measure=lambda: rss[0], trim=fake_trim)
+    scheduled: list[object] = []
+    rss[0] += 10 << 20  # a small request
+    assert not reclaimer.after_request(scheduled.append) and not scheduled
+    rss[0] += 400 << 20  # a long file
+    assert reclaimer.after_request(scheduled.append) and len(scheduled) == 1 and not trims
+    reclaimer.trim_now()
+    assert trims == [910 << 20] and reclaimer.after_last_trim == rss[0] == 610 << 20
+    assert reclaimer.trims == 1 and reclaimer.released == 300 << 20
+    rss[0] += 20 << 20
+    assert not reclaimer.after_request(scheduled.append)  # under the step again
+    assert should_trim(100, 50, growth=50) and not should_trim(99, 50, growth=50)
+    assert release_memory() in (True, False) and rss_bytes() > 0  # the real ones run here
+
+
 def _ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True)
 

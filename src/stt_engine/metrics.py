@@ -71,10 +71,27 @@ class _SchedulerCollector(Collector):
         yield from (jobs, depth, queued_audio, busy)
 
 
+class _MemoryCollector(Collector):
+    """Scrape-time view of the memory reclaimer's counters (memory.py); the resident size itself is the process
+    collector's `process_resident_memory_bytes`."""
+
+    def __init__(self, memory: Any) -> None:
+        self._memory = memory
+
+    def collect(self) -> Iterable[Any]:
+        trims = CounterMetricFamily(f"{PREFIX}_memory_trims", "malloc_trim calls made after requests grew the heap.")
+        trims.add_metric([], float(self._memory.trims))
+        released = CounterMetricFamily(
+            f"{PREFIX}_memory_released_bytes", "Resident bytes those trims handed back to the system."
+        )
+        released.add_metric([], float(self._memory.released))
+        yield from (trims, released)
+
+
 class Metrics:
     """Every metric the server exports, on a private registry."""
 
-    def __init__(self, get_scheduler: Callable[[], Any] | None = None) -> None:
+    def __init__(self, get_scheduler: Callable[[], Any] | None = None, memory: Any = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, open fds
@@ -165,6 +182,8 @@ class Metrics:
         )
         if get_scheduler is not None:
             r.register(_SchedulerCollector(get_scheduler))
+        if memory is not None:
+            r.register(_MemoryCollector(memory))
 
     # --- recording helpers --------------------------------------------------------------------------
     def observe_request(self, method: str, route: str, status: int, seconds: float, *, served: bool = True) -> None:

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from stt_engine.api.errors import send_error
 from stt_engine.errors import InvalidRequest, PayloadTooLarge, STTError, descriptors_exhausted, out_of_descriptors
 from stt_engine.logging_setup import request_id_var
+from stt_engine.memory import MemoryReclaimer
 from stt_engine.metrics import Metrics
 
 access_log = logging.getLogger("stt_engine.access")
@@ -70,15 +71,27 @@ class RequestContextMiddleware:
     `request.state` (`audio_seconds`, `processing_seconds`, `queue_wait_seconds`)."""
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, router: Router | None = None,
-                 work: WorkInFlight | None = None) -> None:
+                 work: WorkInFlight | None = None, memory: MemoryReclaimer | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.router = router
         self.work = work or WorkInFlight()
+        self.memory = memory
+
+    def _reclaim_memory(self) -> None:
+        """After each request (and live session): when the resident size grew noticeably, `malloc_trim` on a
+        worker thread hands what was freed back to the system (memory.py)."""
+        if self.memory is not None:
+            loop = asyncio.get_running_loop()
+            self.memory.after_request(lambda trim: loop.run_in_executor(None, trim))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                if scope["type"] == "websocket":
+                    self._reclaim_memory()
             return
         started = time.perf_counter()
         request_id = _incoming_request_id(scope) or uuid.uuid4().hex
@@ -116,6 +129,7 @@ class RequestContextMiddleware:
             self.work.count -= work
             self.metrics.in_flight.dec()
             self._finish(scope, state, status, time.perf_counter() - started)
+            self._reclaim_memory()
 
     def _finish(self, scope: Scope, state: dict[str, Any], status: int, elapsed: float) -> None:
         method = scope.get("method", "")

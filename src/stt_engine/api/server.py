@@ -9,9 +9,10 @@ closed. Body reads are bounded per piece by `BodyGuardMiddleware` (`SERVER_BODY_
 Descriptors: every connection costs a file descriptor, and an upload two more (Starlette's spooled form file, the
 route's own copy). `descriptor_budget` keeps a reserve of the process's open-file limit (RLIMIT_NOFILE) for logs,
 the model, the decoder processes and outbound clients, and caps open connections at what the rest can carry.
-The protocol checks that cap when it accepts a connection: one past it is answered 503 with `Retry-After` as soon
-as its request line arrives (or closed after a short wait), so a flood of idle connections takes no descriptor
-an upload needs. A temporary file that still fails for want of descriptors is a 503 too (request middleware).
+The protocol checks that cap when it accepts a connection: at the cap, the connection that has waited longest for
+its request headers (a second or more) is closed with 408 to make room, so slow-header clients cannot keep new
+ones out; with none to close, the new one is answered 503 with `Retry-After` as soon as its request line arrives
+(or after a short wait), so a flood of idle connections takes no descriptor an upload needs. A temporary file that still fails for want of descriptors is a 503 too (request middleware).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ OUTBOUND_FDS = 32  # the LLM and webhook clients' connection pools
 FDS_PER_CONNECTION = 3  # the socket, and for an upload Starlette's spooled form file plus the route's stored copy
 REFUSED_WAIT_S = 2.0  # how long a connection past the cap is held waiting for its request line
 RETRY_AFTER_S = 2  # what a refusal tells the client
+EVICT_AFTER_S = 1.0  # at the cap, a connection without its request headers this long gives its place to a new one
 
 
 @dataclass(frozen=True)
@@ -113,12 +115,15 @@ class HeaderTimeoutH11Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._awaiting_since: float | None = None  # when the current wait for a request's headers began
         self.limit_concurrency = None  # the cap is checked at accept (below), where it can free the descriptor
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         cap = self.max_connections
-        if cap is not None and (len(self.connections) > cap or len(self.tasks) >= cap):
+        if cap is not None and (
+            len(self.tasks) >= cap or (len(self.connections) > cap and not self._evict_a_slow_connection())
+        ):
             self._refuse()
             if self.transport.is_closing():
                 return
@@ -138,6 +143,24 @@ class HeaderTimeoutH11Protocol(H11Protocol):
         if open_now > cap + max(8, cap // 4):
             self.transport.write(_BUSY_RESPONSE)
             self.transport.close()
+
+    def _evict_a_slow_connection(self) -> bool:
+        """At the cap, the connection that has waited longest for a request's headers, EVICT_AFTER_S or more (a
+        slow-header client, or an idle keep-alive), is closed to make room for this one: a flood of slow
+        connections then cannot keep every new client out. False when there is none to close."""
+        victim: HeaderTimeoutH11Protocol | None = None
+        oldest = self.loop.time() - EVICT_AFTER_S
+        for other in self.connections:
+            if other is self or not isinstance(other, HeaderTimeoutH11Protocol) or other._refused:
+                continue
+            since = other._awaiting_since
+            if since is not None and since <= oldest and not other.transport.is_closing() and other._awaiting_headers():
+                victim, oldest = other, since
+        if victim is None:
+            return False
+        victim._cancel_header_timer()
+        victim._header_timeout(evicted=True)
+        return True
 
     def _should_upgrade(self) -> bool:
         return not self._refused and super()._should_upgrade()  # a refused websocket gets the plain 503
@@ -163,14 +186,17 @@ class HeaderTimeoutH11Protocol(H11Protocol):
         if self._header_timer is None:
             wait = min(self.header_timeout_s, REFUSED_WAIT_S) if self._refused else self.header_timeout_s
             self._header_timer = self.loop.call_later(wait, self._header_timeout)
+            self._awaiting_since = self.loop.time()
 
     def _cancel_header_timer(self) -> None:
+        self._awaiting_since = None
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
 
-    def _header_timeout(self) -> None:
+    def _header_timeout(self, evicted: bool = False) -> None:
         self._header_timer = None
+        self._awaiting_since = None
         if self.transport.is_closing() or not self._awaiting_headers():
             return
         if self.conn.trailing_data[0] or self.timeout_keep_alive_task is None:
@@ -179,6 +205,10 @@ class HeaderTimeoutH11Protocol(H11Protocol):
             client = "%s:%d" % self.client if self.client else "unknown"
             if self._refused:
                 self.transport.write(_BUSY_RESPONSE)
+            elif evicted:
+                log.warning("closed a connection from %s to make room: no request headers in %g s, at the "
+                            "connection limit", client, EVICT_AFTER_S)
+                self.transport.write(_TIMEOUT_RESPONSE)
             else:
                 log.warning("closed a connection from %s: request headers not received within %g s",
                             client, self.header_timeout_s)
