@@ -1,10 +1,11 @@
 """Running the app under uvicorn with connections that cannot be held open.
 
-uvicorn bounds idle keep-alive connections (`timeout_keep_alive`) and, with `limit_concurrency`, answers 503
-past a number of connections plus tasks. It has no bound on the time a client takes to send its headers (h11
-waits for them forever), so `guarded_protocol` adds one: a connection that has not finished a request's headers
-within `SERVER_HEADER_TIMEOUT_S` of connecting (or of its first byte after a keep-alive pause) gets a 408 and is
-closed. Body reads are bounded per piece by `BodyGuardMiddleware` (`SERVER_BODY_TIMEOUT_S`).
+uvicorn bounds idle keep-alive connections (`timeout_keep_alive`); the connection cap is ours (below), checked at
+accept rather than by uvicorn's `limit_concurrency` once a request's headers are in. uvicorn has no bound on the
+time a client takes to send its headers (h11 waits for them forever), so `guarded_protocol` adds one: a
+connection that has not finished a request's headers within `SERVER_HEADER_TIMEOUT_S` of connecting (or of its
+first byte after a keep-alive pause) gets a 408 and is closed. Body reads are bounded per piece by
+`BodyGuardMiddleware` (`SERVER_BODY_TIMEOUT_S`).
 
 Descriptors: every connection costs a file descriptor, and an upload two more (Starlette's spooled form file, the
 route's own copy). `descriptor_budget` keeps a reserve of the process's open-file limit (RLIMIT_NOFILE) for logs,
@@ -12,7 +13,8 @@ the model, the decoder processes and outbound clients, and caps open connections
 The protocol checks that cap when it accepts a connection: at the cap, the connection that has waited longest for
 its request headers (a second or more) is closed with 408 to make room, so slow-header clients cannot keep new
 ones out; with none to close, the new one is answered 503 with `Retry-After` as soon as its request line arrives
-(or after a short wait), so a flood of idle connections takes no descriptor an upload needs. A temporary file that still fails for want of descriptors is a 503 too (request middleware).
+(or after a short wait), so a flood of idle connections takes no descriptor an upload needs. A temporary file
+that still fails for want of descriptors is a 503 too (request middleware).
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ class HeaderTimeoutH11Protocol(H11Protocol):
 
     def _evict_a_slow_connection(self) -> bool:
         """At the cap, the connection that has waited longest for a request's headers, EVICT_AFTER_S or more (a
-        slow-header client, or an idle keep-alive), is closed to make room for this one: a flood of slow
+        slow-header client), is closed to make room for this one: a flood of slow
         connections then cannot keep every new client out. False when there is none to close."""
         victim: HeaderTimeoutH11Protocol | None = None
         oldest = self.loop.time() - EVICT_AFTER_S
