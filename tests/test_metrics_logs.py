@@ -4,7 +4,9 @@ transcripts stay out of the logs by default."""
 from __future__ import annotations
 
 import json
+import random
 import re
+import string
 import time
 from urllib.parse import urlsplit
 
@@ -137,3 +139,54 @@ def test_health_liveness_and_readiness(server: str) -> None:
     ready = httpx.get(server + "/health/ready")
     assert ready.status_code == 200 and ready.json()["ready"] is True and ready.json()["status"] == "ok"
 
+
+
+SWEEP_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "PROPFIND", "FOO",
+                 "M-SEARCH"]
+
+
+def test_metrics_stay_small_after_sweeping_every_route_with_every_method(server: str) -> None:
+    """Every registered path (from the OpenAPI schema, plus the mounts and pages) and some random ones, called with
+    every method, including ones no route takes: /metrics stays under 200 kB, methods fall into the closed set
+    and routes into the templates plus one label for the unknown."""
+    schema = httpx.get(server + "/openapi.json", timeout=30).json()
+    paths = [re.sub(r"\{[^}]+\}", "x1", path) for path in schema["paths"]]
+    paths += ["/", "/docs", "/docs/static/swagger-ui.css", "/web/", "/web/none.js", "/metrics", "/health/ready"]
+    rng = random.Random(18)
+    paths += ["/" + "".join(rng.choice(string.ascii_lowercase + "/%.") for _ in range(rng.randint(1, 30)))
+              for _ in range(40)]
+    with httpx.Client(base_url=server, timeout=30) as client:
+        for _ in range(2):
+            for path in paths:
+                for method in SWEEP_METHODS:
+                    client.request(method, path)
+    text = httpx.get(server + "/metrics", timeout=30).text
+    size = len(text.encode())
+    timed = re.findall(r"^stt_http_request_duration_seconds_count\{(.*)\}", text, re.M)
+    print(f"/metrics after {len(paths)} paths x {len(SWEEP_METHODS)} methods: {size} bytes, "
+          f"{len(timed)} latency series")
+    assert size < 200_000, size
+    samples = scrape(server)
+    methods = {dict(labels).get("method") for name, labels in samples if name == "stt_http_requests_total"}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}, methods
+    routes = {re.sub(r":\w+\}", "}", dict(labels)["route"])  # `{model_id:path}` is `{model_id}` in the schema
+              for name, labels in samples if name == "stt_http_requests_total"}
+    templates = set(schema["paths"]) | {"/", "/docs", "/docs/static", "/web", "/openapi.json", "/docs/oauth2-redirect",
+                                        "<unmatched>"}
+    assert routes <= templates, routes - templates
+    # the latency histogram has series only for what an endpoint served: no "other" method, no unknown route
+    assert not [labels for labels in timed if 'method="other"' in labels or "<unmatched>" in labels], timed
+
+
+def test_method_label_is_a_closed_set() -> None:
+    from stt_engine.metrics import Metrics, method_label
+
+    assert [method_label(m) for m in ("GET", "OPTIONS", "TRACE", "CONNECT", "PROPFIND", "get", "x" * 9000)] == [
+        "GET", "OPTIONS", "other", "other", "other", "other", "other"]
+    metrics = Metrics()
+    for method in ("GET", "PROPFIND", "FOO", "TRACE"):
+        metrics.observe_request(method, "/health", 405, 0.01)
+        metrics.observe_request(method, "<unmatched>", 404, 0.01, served=False)
+    text = metrics.render().decode()
+    assert "stt_http_request_duration_seconds_count{" not in text  # nothing an endpoint served: counted, not timed
+    assert text.count("stt_http_requests_total{") == 4  # GET and other, on two routes

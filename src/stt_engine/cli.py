@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -80,7 +81,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("stt_engine").info("model: %s (%s, from %s)", resolved.name, resolved.path, resolved.source)
     app = create_app(settings, model=resolved)
     warn_if_exposed(settings)
-    raise_open_file_limit(settings.server_max_connections)
+    budget = raise_open_file_limit(settings)
+    app.state.metrics.connection_limit.set(budget.max_connections)
+    tempfile.gettempdir()  # found now: at its first use under a descriptor shortage it would fail with ENOENT
     # uvicorn turns SIGTERM into a graceful stop (no new connections, in-flight requests finish), then re-raises
     # the signal with the handler it found installed. A no-op handler makes that re-raise harmless, so a graceful
     # stop exits 0 instead of dying by the signal.
@@ -89,7 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app, host=settings.server_host, port=settings.server_port, log_config=None,
         # our drain answers what is left with 503 at SHUTDOWN_GRACE_S; uvicorn's own cut comes after, as a backstop
         timeout_graceful_shutdown=settings.shutdown_grace_s + _DRAIN_MARGIN_S,  # type: ignore[arg-type]
-        **uvicorn_options(settings),
+        **uvicorn_options(settings, budget, on_refused=app.state.metrics.connections_refused.inc),
     )
     _draining_server(config, app).run()
     scheduler = app.state.scheduler

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     )
     server_keepalive_s: float = Field(5.0, gt=0, description="Idle keep-alive connections close after this.")
     server_max_connections: int = Field(
-        1000, ge=1, description="Open connections plus requests in progress; past it new requests get 503."
+        1000, ge=1, description="Open connections (fewer if the open-file limit is low); past it 503 + Retry-After."
     )
     server_ssl_certfile: Path | None = Field(
         None, description="TLS certificate (PEM): serve HTTPS, which browsers need before the page may use the mic."

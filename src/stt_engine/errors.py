@@ -7,6 +7,8 @@ into the original contract's shape (`{"success": false, "error": {...}}`) or Ope
 
 from __future__ import annotations
 
+import errno
+
 from stt_engine.logging_setup import escape_control
 
 QUOTE_CHARS = 40  # the most of a client's bad value an error message repeats
@@ -124,3 +126,38 @@ class TranscriptionFailed(STTError):
     status = 500
     code = "transcription_failed"
     error_type = "server_error"
+
+
+class ServerBusy(STTError):
+    """The process is at its connection or descriptor budget (see api/server.py): nothing is wrong with the
+    request; the client should retry after `Retry-After` seconds."""
+
+    status = 503
+    code = "server_busy"
+    error_type = "server_error"
+
+
+DESCRIPTOR_RETRY_AFTER_S = 2
+
+
+def out_of_descriptors() -> ServerBusy:
+    """The answer to a request that failed for want of file descriptors: busy, not broken; retry shortly."""
+    return ServerBusy(
+        "The server has no file descriptor free for this upload right now (open-file limit); retry in "
+        f"{DESCRIPTOR_RETRY_AFTER_S} s.",
+        headers={"Retry-After": str(DESCRIPTOR_RETRY_AFTER_S)},
+    )
+
+
+def descriptors_exhausted(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an error it was raised from, is the process running out of file descriptors (EMFILE,
+    ENFILE; tempfile's "No usable temporary directory" when that happens at its first use)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and (
+            exc.errno in (errno.EMFILE, errno.ENFILE) or "No usable temporary directory" in str(exc)
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

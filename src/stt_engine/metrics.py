@@ -33,7 +33,9 @@ WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # The method label's closed set: anything else a client sends (any token is a valid method) becomes "other".
-HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Answers that no endpoint gave: counted, never timed, so a sweep of methods x paths adds no histogram series.
+_UNSERVED_STATUSES = frozenset({405})
 
 
 def method_label(method: str) -> str:
@@ -69,10 +71,27 @@ class _SchedulerCollector(Collector):
         yield from (jobs, depth, queued_audio, busy)
 
 
+class _MemoryCollector(Collector):
+    """Scrape-time view of the memory reclaimer's counters (memory.py); the resident size itself is the process
+    collector's `process_resident_memory_bytes`."""
+
+    def __init__(self, memory: Any) -> None:
+        self._memory = memory
+
+    def collect(self) -> Iterable[Any]:
+        trims = CounterMetricFamily(f"{PREFIX}_memory_trims", "malloc_trim calls made after requests grew the heap.")
+        trims.add_metric([], float(self._memory.trims))
+        released = CounterMetricFamily(
+            f"{PREFIX}_memory_released_bytes", "Resident bytes those trims handed back to the system."
+        )
+        released.add_metric([], float(self._memory.released))
+        yield from (trims, released)
+
+
 class Metrics:
     """Every metric the server exports, on a private registry."""
 
-    def __init__(self, get_scheduler: Callable[[], Any] | None = None) -> None:
+    def __init__(self, get_scheduler: Callable[[], Any] | None = None, memory: Any = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, open fds
@@ -93,6 +112,13 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge(f"{PREFIX}_http_requests_in_flight", "HTTP requests being served now.", registry=r)
+        self.connections_refused = Counter(
+            f"{PREFIX}_connections_refused", "Connections answered 503 at accept: past the connection cap that "
+            "SERVER_MAX_CONNECTIONS and the open-file limit allow.", registry=r,
+        )
+        self.connection_limit = Gauge(
+            f"{PREFIX}_connection_limit", "Open connections served at once (the descriptor budget's cap).", registry=r
+        )
 
         self.audio_seconds = Counter(
             f"{PREFIX}_audio_seconds_processed", "Seconds of audio transcribed successfully.", ["route"], registry=r
@@ -156,17 +182,22 @@ class Metrics:
         )
         if get_scheduler is not None:
             r.register(_SchedulerCollector(get_scheduler))
+        if memory is not None:
+            r.register(_MemoryCollector(memory))
 
     # --- recording helpers --------------------------------------------------------------------------
-    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+    def observe_request(self, method: str, route: str, status: int, seconds: float, *, served: bool = True) -> None:
         """Count and time a request. Labels stay in closed sets: `route` is a template or the unmatched value,
-        `method` is collapsed here, and a 401 only moves its own unlabelled counter."""
+        `method` is collapsed here, and a 401 only moves its own unlabelled counter. Only requests an endpoint
+        served (`served`: a route matched the path; not a 405) are timed: the histogram, 20 lines a series, then
+        has a series per real endpoint at most, whatever methods and paths clients sweep."""
         if status == 401:
             self.unauthorized.inc()
             return
         method = method_label(method)
         self.requests.labels(method, route, str(status)).inc()
-        self.request_seconds.labels(method, route).observe(seconds)
+        if served and status not in _UNSERVED_STATUSES:
+            self.request_seconds.labels(method, route).observe(seconds)
 
     def observe_transcription(
         self, route: str, audio_seconds: float, processing_seconds: float, queue_wait_seconds: float | None

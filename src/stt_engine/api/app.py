@@ -32,6 +32,7 @@ from stt_engine.config import Settings, get_settings
 from stt_engine.engine import Engine
 from stt_engine.errors import STTError
 from stt_engine.jobs.service import start_jobs, stop_jobs
+from stt_engine.memory import MemoryReclaimer
 from stt_engine.metrics import Metrics
 from stt_engine.models import ResolvedModel, resolve_model
 from stt_engine.options import TranscribeOptions
@@ -105,7 +106,8 @@ def create_app(settings: Settings | None = None, *, model: ResolvedModel | None 
     app.state.load_error = None
     app.state.warmed_up = False
     app.state.started_at = time.time()
-    app.state.metrics = Metrics(get_scheduler=lambda: app.state.scheduler)
+    app.state.memory = MemoryReclaimer()
+    app.state.metrics = Metrics(get_scheduler=lambda: app.state.scheduler, memory=app.state.memory)
     install_error_handlers(app)
     # add_middleware wraps: the last added runs first. Order, outside in: request id/access log/metrics, CORS,
     # API key (an unauthenticated upload gets 401, not 413), upload size guard.
@@ -116,7 +118,7 @@ def create_app(settings: Settings | None = None, *, model: ResolvedModel | None 
     install_security(app, settings)
     app.state.work_in_flight = WorkInFlight()
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, router=app.router,
-                       work=app.state.work_in_flight)
+                       work=app.state.work_in_flight, memory=app.state.memory)
     app.include_router(router)
     app.include_router(diarization_router)
     app.include_router(postprocess_router)

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Scope, Send
 
-from stt_engine.errors import InvalidRequest, STTError
+from stt_engine.errors import InvalidRequest, STTError, descriptors_exhausted, out_of_descriptors
 from stt_engine.logging_setup import escape_control
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and descriptors_exhausted(exc.__cause__):  # the form's spool file: busy, not bad
+            return error_response(request, out_of_descriptors())
         codes = {404: "not_found", 405: "method_not_allowed", 413: "file_too_large"}
         error = STTError(str(exc.detail), status=exc.status_code, code=codes.get(exc.status_code, "http_error"))
         error.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"

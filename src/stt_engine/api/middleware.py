@@ -18,8 +18,9 @@ from starlette.routing import Match, Mount, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stt_engine.api.errors import send_error
-from stt_engine.errors import InvalidRequest, PayloadTooLarge, STTError
+from stt_engine.errors import InvalidRequest, PayloadTooLarge, STTError, descriptors_exhausted, out_of_descriptors
 from stt_engine.logging_setup import request_id_var
+from stt_engine.memory import MemoryReclaimer
 from stt_engine.metrics import Metrics
 
 access_log = logging.getLogger("stt_engine.access")
@@ -70,15 +71,27 @@ class RequestContextMiddleware:
     `request.state` (`audio_seconds`, `processing_seconds`, `queue_wait_seconds`)."""
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, router: Router | None = None,
-                 work: WorkInFlight | None = None) -> None:
+                 work: WorkInFlight | None = None, memory: MemoryReclaimer | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.router = router
         self.work = work or WorkInFlight()
+        self.memory = memory
+
+    def _reclaim_memory(self) -> None:
+        """After each request (and live session): when the resident size grew noticeably, `malloc_trim` on a
+        worker thread hands what was freed back to the system (memory.py)."""
+        if self.memory is not None:
+            loop = asyncio.get_running_loop()
+            self.memory.after_request(lambda trim: loop.run_in_executor(None, trim))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                if scope["type"] == "websocket":
+                    self._reclaim_memory()
             return
         started = time.perf_counter()
         request_id = _incoming_request_id(scope) or uuid.uuid4().hex
@@ -103,20 +116,25 @@ class RequestContextMiddleware:
         self.work.count += work
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
+        except Exception as exc:
             if response_started:
                 raise
-            log.exception("unhandled error on %s", scope.get("path"))
-            await send_error(scope, send_with_id, STTError("Internal server error; the request was not processed."))
+            if descriptors_exhausted(exc):  # a temporary file the upload needed: the process is out of descriptors
+                log.warning("out of file descriptors on %s: answered 503", scope.get("path"))
+                await send_error(scope, send_with_id, out_of_descriptors())
+            else:
+                log.exception("unhandled error on %s", scope.get("path"))
+                await send_error(scope, send_with_id, STTError("Internal server error; the request was not processed."))
         finally:
             self.work.count -= work
             self.metrics.in_flight.dec()
             self._finish(scope, state, status, time.perf_counter() - started)
+            self._reclaim_memory()
 
     def _finish(self, scope: Scope, state: dict[str, Any], status: int, elapsed: float) -> None:
         method = scope.get("method", "")
         route = route_label(scope, self.router)
-        self.metrics.observe_request(method, route, status, elapsed)
+        self.metrics.observe_request(method, route, status, elapsed, served=route != UNMATCHED_ROUTE)
         audio = state.get("audio_seconds")
         processing = state.get("processing_seconds")
         wait = state.get("queue_wait_seconds")

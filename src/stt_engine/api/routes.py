@@ -112,6 +112,8 @@ async def health(request: Request) -> JSONResponse:
         }
         if stats.workers_alive < scheduler.workers_expected:
             body["status"] = "degraded"  # a model worker thread died: fewer windows decode at once
+    if getattr(state, "memory", None) is not None:
+        body["memory"] = state.memory.snapshot()  # resident size now, and what trims gave back (memory.py)
     postprocessor = getattr(state, "postprocessor", None)
     if postprocessor is not None and postprocessor.enabled:
         body["llm"] = await postprocessor.health_snapshot()
