@@ -8,11 +8,15 @@ not asserted here.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import httpx
 import pytest
 
+from stt_engine.engine import Stream
+from stt_engine.scheduler import Scheduler
 from tests.support import HAVE_FULL_AUDIO, Clip, clip, clips, error_rate, post_audio
+from tests.test_scheduler import EN, StandInEngine, audio
 
 LONG_SECONDS = 30.0
 LONG_EN = "en/en_longform_librispeech_librivox_concat.wav"  # in tests/data too: runs in a plain clone
@@ -58,3 +62,31 @@ def test_a_stream_is_the_file_word_for_word(server: str, file: str) -> None:
         assert error_rate(done["text"], c) == error_rate(whole, c)
         print(f"{file}: {'CER' if c.language in ('ko', 'zh', 'ja') else 'WER'} {error_rate(whole, c):.3f} "
               f"streamed and as a file, {len(deltas)} deltas")
+
+
+# --- the first window goes first (scheduler policy, stand-in engine: no audio) --------------------------------
+class _Recording(StandInEngine):
+    """Records when each window starts and ends, and whether it ran on every core (`solo`)."""
+
+    def __init__(self) -> None:
+        super().__init__(workers=2, delay=0.05)
+        self.events: list[tuple[str, int, bool]] = []
+
+    def decode(self, streams: Sequence[Stream], *, solo: bool = False) -> None:
+        with self._lock:
+            self.events.extend(("start", s.index, solo) for s in streams)
+        super().decode(streams, solo=solo)
+        with self._lock:
+            self.events.extend(("end", s.index, solo) for s in streams)
+
+
+async def test_a_streams_first_window_goes_first_on_every_core() -> None:
+    engine = _Recording()
+    scheduler = Scheduler(engine, max_queue_seconds=10_000)
+    await scheduler.transcribe(audio("stream", 120), EN, on_segments=lambda *_: None, first_text_early=True)
+    assert engine.events[:2] == [("start", 0, True), ("end", 0, True)], engine.events
+    assert {e[1] for e in engine.events} >= {0, 1, 2, 3}  # then the rest
+    engine.events.clear()
+    await scheduler.transcribe(audio("file", 120), EN)  # a file's windows start side by side at once
+    scheduler.close(1)
+    assert [e[0] for e in engine.events[:2]] == ["start", "start"], engine.events
