@@ -277,7 +277,8 @@ async def stream_upload(
     logprobs: bool = False,
 ) -> StreamingResponse:
     """`stream=true`: Server-Sent Events in OpenAI's shape. A `transcript.text.delta` for each run of segments as
-    it becomes final (a request's sections are decoded in order, so the first arrive early), then
+    it becomes final (decoded with the plan of the same request without `stream`, so the text is the file's; its
+    first window goes first, so the first delta comes after one window), then
     `transcript.text.done` with the whole text, extended by `final(transcript)`. Bad input is refused before the
     stream starts, with the route's usual error; an error after that ends the stream with an `error` event.
 

@@ -119,12 +119,12 @@ class Engine:
         """How many windows can be decoded at once: what one long request should be cut into to use them all."""
         return self.workers * self.batch_size
 
-    def prepare(self, audio: DecodedAudio, options: TranscribeOptions, streamed: bool = False) -> Job:
-        """VAD and sections: CPU work that runs off the event loop, outside the model workers. A streamed request
-        gets a short first section, so its first text is final early."""
+    def prepare(self, audio: DecodedAudio, options: TranscribeOptions) -> Job:
+        """VAD and sections: CPU work that runs off the event loop, outside the model workers. Streamed or not, a
+        request gets the same plan, so a stream's text is the file's text."""
         if not self.multilingual:
             options = replace(options, language="en")
-        return prepare(audio.samples, audio.duration, options, self.parallelism, early_first=streamed)
+        return prepare(audio.samples, audio.duration, options, self.parallelism)
 
     def batch_key(self, job: Job) -> Hashable:
         """Windows with equal keys may share one `generate` call: every option but the language (whose token is

@@ -25,16 +25,16 @@ VAD_BLOCK_SECONDS = 600  # VAD copies its input twice; long audio goes through i
 SECTION_SECONDS = 60.0  # speech per section when the request is long
 MIN_SECTION_SECONDS = 30.0  # never cut sections shorter than one window
 PAUSE_SEARCH_SECONDS = 8.0  # how far from an even split a cut may move to find a pause
-FIRST_SECTION_SECONDS = 6.0  # streamed requests: a short first section, so the first text comes early
 _FRAME = SAMPLE_RATE // 50  # 20 ms energy frames
 _SMOOTH_FRAMES = 10  # 200 ms: a pause, not a gap between two syllables
 
 
-def prepare(
-    samples: np.ndarray, duration: float, options: TranscribeOptions, parallelism: int, early_first: bool = False
-) -> Job:
-    """A job whose streams cover the speech in `samples`; none when there is no speech. `early_first` (streamed
-    requests): a short first section, whose text is final after one short window."""
+def prepare(samples: np.ndarray, duration: float, options: TranscribeOptions, parallelism: int) -> Job:
+    """A job whose streams cover the speech in `samples`; none when there is no speech.
+
+    Streamed requests get this same plan: a different cut (we used to cut a short first section so the first text
+    came early) decodes different windows with different context, and measured worse (CER 0.126 against 0.113 on
+    the 184 s Korean clip). The first delta comes after the first section's first window instead."""
     if options.vad_filter:
         speech = detect_speech(samples, options.vad.vad_options() if options.vad else None)
     else:
@@ -51,8 +51,7 @@ def prepare(
             a, b = max(0, a), min(total, b)
             return quietest_point(job.speech_samples(a, b), a)
 
-        first = FIRST_SECTION_SECONDS if early_first else None
-        bounds = plan_sections(total, joins, parallelism, find_pause, first)
+        bounds = plan_sections(total, joins, parallelism, find_pause)
     job.streams = [Stream(job, i, a, b) for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
     return job
 
@@ -75,25 +74,13 @@ def detect_speech(samples: np.ndarray, vad: dict | None = None) -> list[dict]:
     return speech
 
 
-def plan_sections(
-    total: int, joins: list[int], parallelism: int, find_pause: Callable[[int, int], int],
-    first_seconds: float | None = None,
-) -> list[int]:
+def plan_sections(total: int, joins: list[int], parallelism: int, find_pause: Callable[[int, int], int]) -> list[int]:
     """Section boundaries on the speech timeline (samples), first 0 and last `total`.
 
     Long speech gets one section per `SECTION_SECONDS`, and at least `parallelism` sections when each can still
     hold a full window, so a lone request keeps every worker busy. Each cut sits near an even split: on a VAD
     join (a removed silence) when one is near, else at the quietest 200 ms that `find_pause(a, b)` finds there.
     """
-    if first_seconds and total > 3 * first_seconds * SAMPLE_RATE:
-        radius = int(first_seconds * SAMPLE_RATE * 0.3)
-        first = int(first_seconds * SAMPLE_RATE)
-        near = [j for j in joins if abs(j - first) <= radius]
-        cut = min(near, key=lambda j: abs(j - first)) if near else find_pause(first - radius, first + radius)
-        rest = plan_sections(
-            total - cut, [j - cut for j in joins if j > cut], parallelism, lambda a, b: find_pause(a + cut, b + cut) - cut
-        )
-        return [0] + [cut + b for b in rest]
     seconds = total / SAMPLE_RATE
     count = max(math.ceil(seconds / SECTION_SECONDS), min(parallelism, int(seconds // MIN_SECTION_SECONDS)), 1)
     search = int(PAUSE_SEARCH_SECONDS * SAMPLE_RATE)

@@ -77,6 +77,7 @@ class _Ticket:
     exclusive: bool = False  # never batched with other requests (the warm-up)
     bounded: bool = True  # counts toward the queue's bounds
     on_segments: SegmentsCallback | None = None
+    first_text_early: bool = False  # its first window decodes before its other windows (streaming)
     job: Job | None = None  # None while VAD runs
     admitted_at: float = field(default_factory=time.monotonic)
     served_at: float = field(default_factory=time.monotonic)  # when a window of it last started (else admission)
@@ -179,7 +180,8 @@ class Scheduler:
         """Queue `audio` and wait for its transcript. Cancelling the awaiting task drops the queued work.
 
         `on_segments` is called from a worker thread with each run of newly final segments, in order (for
-        streaming responses), and `first_text_early` cuts a short first section so the first of them come soon;
+        streaming responses), and `first_text_early` decodes the first window before the others (alone, on every
+        core when nothing else is decoding) so the first of them come soon, with the plan of a file (same text);
         `exclusive` keeps the request out of other requests' batches and `timed=False` spares it the request timeout
         (the warm-up, which must finish however short the timeout is set); `bounded=False` leaves it out of the
         queue's bounds (jobs, which the job store bounds).
@@ -191,14 +193,14 @@ class Scheduler:
             ticket = _Ticket(
                 seq=next(self._seq), priority=int(priority), loop=loop, future=loop.create_future(),
                 started=loop.create_future(), admitted_seconds=audio.duration if bounded else 0.0,
-                exclusive=exclusive, on_segments=on_segments, bounded=bounded,
+                exclusive=exclusive, on_segments=on_segments, bounded=bounded, first_text_early=first_text_early,
             )
             self._tickets[ticket.seq] = ticket
             self._queued_seconds += ticket.admitted_seconds
             self.stats.submitted += 1
         try:
             job = await loop.run_in_executor(
-                self._prep, self.engine.prepare, audio, options, first_text_early
+                self._prep, self.engine.prepare, audio, options
             )
             self._enqueue(ticket, job)
             await asyncio.wait({ticket.started, ticket.future}, return_when=asyncio.FIRST_COMPLETED)
@@ -284,7 +286,8 @@ class Scheduler:
 
     def _ready(self) -> tuple[list[Candidate], list[Turn], dict[tuple[int, int], Stream]]:
         """Every window that could start now: streams not done, not decoding, and whose language is known (a job
-        that must detect it decodes its first window alone first, so the whole request uses one language)."""
+        that must detect it decodes its first window alone first, so the whole request uses one language; so does a
+        `first_text_early` one, so its first text is final after one window on every core)."""
         candidates: list[Candidate] = []
         turns: list[Turn] = []
         streams: dict[tuple[int, int], Stream] = {}
@@ -294,7 +297,7 @@ class Scheduler:
             if job is None or ticket.finishing:
                 continue
             key = ("exclusive", ticket.seq) if ticket.exclusive else self.engine.batch_key(job)
-            if job.language is None:
+            if job.language is None or (ticket.first_text_early and job.streams[0].first_window):
                 first = job.streams[0]
                 ready = [first] if not first.in_flight and not first.done else []
             else:
