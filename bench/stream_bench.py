@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from stt_engine import textnorm  # noqa: E402
-from stt_engine.bench import Clip, ServerProcess, default_audio_dir, read_manifest  # noqa: E402
+from stt_engine.benchmark.clips import Clip, default_audio_dir, read_manifest  # noqa: E402
+from stt_engine.benchmark.server import ServerProcess  # noqa: E402
 
 LONG_SECONDS = 30.0
 
