@@ -90,20 +90,25 @@ class AudioSource:
             self.length_seconds = self._probe_end()
             self.close()
             self._open()
-        if count_packets:
-            # The header may lie (a 4 h file claiming 10 s): the packets' own timestamps, read without decoding any
-            # audio, decide. The demux pass stops as soon as they pass the limit.
-            counted = self._count_packets(max_seconds)
-            if counted is not None:
-                self.length_seconds = counted
-            if max_seconds is not None and counted is not None and counted > max_seconds:
-                self.close()
-                raise AudioTooLong(_too_long_message(counted, max_seconds, at_least=True))
-            self.close()
-            self._open()
         if max_seconds is not None and self.length_seconds is not None and self.length_seconds > max_seconds:
             self.close()
             raise AudioTooLong(_too_long_message(self.length_seconds, max_seconds))
+        if count_packets:
+            # The header may lie (a 4 h file claiming 10 s): the packets' own timestamps, read without decoding any
+            # audio, decide. The demux pass stops as soon as they pass the limit.
+            # First the last packets' timestamps (a seek to the end): a long file is refused in milliseconds.
+            end = self._probe_end() if self.declared_seconds is not None and max_seconds is not None else None
+            self.close()
+            if end is not None and max_seconds is not None and end > max_seconds:
+                raise AudioTooLong(_too_long_message(end, max_seconds))
+            self._open()
+            counted = self._count_packets(max_seconds)
+            if counted is not None:
+                self.length_seconds = counted
+            self.close()
+            if max_seconds is not None and counted is not None and counted > max_seconds:
+                raise AudioTooLong(_too_long_message(counted, max_seconds, at_least=True))
+            self._open()
 
     def _open(self) -> None:
         source = self._source

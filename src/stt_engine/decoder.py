@@ -313,6 +313,7 @@ def pool() -> DecoderPool:
 def _as_path(source: Source):  # type: ignore[no-untyped-def]
     """A path for `source`: itself, or a temporary copy of bytes or a file object."""
     if isinstance(source, (str, os.PathLike)):
+        os.stat(source)  # a missing file is the caller's FileNotFoundError, as with an in-process open
         yield os.fspath(source)
         return
     fd, path = tempfile.mkstemp(prefix="stt-decode-", suffix=".audio")

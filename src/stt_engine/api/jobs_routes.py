@@ -14,7 +14,7 @@ from fastapi import APIRouter, Form, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from stt_engine import audio as audio_mod
+from stt_engine import decoder
 from stt_engine.api.routes import (
     ChannelsField,
     FileField,
@@ -134,8 +134,12 @@ async def create_job(
     try:
         async with stored_upload(file, settings) as path:
             async with decoding_slot(request):  # checked whole, as the runner will read it; the samples are let go
-                duration = (await run_in_threadpool(audio_mod.decode, path, max_seconds=settings.max_audio_seconds)
-                            ).duration
+                checked = await run_in_threadpool(
+                    decoder.decode, path, max_seconds=settings.max_audio_seconds, check_only=True
+                )
+                duration = checked.duration
+            if split:  # refused now, not when the job runs
+                decoder.split_channel_limit(checked.source_channels, settings)
             await run_in_threadpool(folder.mkdir, parents=True, exist_ok=True)
             await run_in_threadpool(shutil.move, path, folder / "upload")
         request.state.audio_seconds = duration
