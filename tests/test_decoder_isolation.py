@@ -23,8 +23,11 @@ import numpy as np
 import psutil
 import pytest
 
+from stt_engine import decoder
 from stt_engine.audio import SAMPLE_RATE
 from stt_engine.audio import decode as decode_here
+from stt_engine.config import Settings
+from stt_engine.errors import AudioTooLong, InvalidAudio, InvalidRequest
 from tests.jobs_support import submit, wait_status
 from tests.support import ServerURL, clip, error_rate, post_audio, reset_peak_rss, rss_mb, running_server
 
@@ -213,3 +216,48 @@ def test_lying_duration_is_refused_from_the_packets(server: ServerURL, files: di
     assert r.json()["error"]["code"] == "audio_too_long", r.text
     assert growth < GROWTH_LIMIT_MB
     _alive(server)
+
+
+# --- the pool itself, without a server ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pool_settings() -> Iterator[Settings]:
+    settings = Settings(_env_file=None, decoder_processes=1, decoder_max_files=2)
+    decoder.start(settings)
+    yield settings
+    decoder.stop()
+
+
+def test_errors_cross_the_process_boundary_intact(pool_settings: Settings) -> None:
+    with pytest.raises(InvalidAudio) as caught:
+        decoder.decode(b"not audio at all" * 64)
+    assert caught.value.status == 400 and caught.value.code == "unsupported_format"
+    with pytest.raises(AudioTooLong) as too_long:
+        decoder.probe(clip(VOICES[0]).path, max_seconds=2.0)
+    assert too_long.value.status == 422 and "MAX_AUDIO_SECONDS" in too_long.value.message
+    with pytest.raises(FileNotFoundError):
+        decoder.decode("/nonexistent/audio.wav")
+
+
+def test_children_are_recycled_and_samples_match(pool_settings: Settings) -> None:
+    path = clip(VOICES[0]).path
+    here = decode_here(path)
+    seen = set()
+    for _ in range(3):
+        decoded = decoder.decode(path)
+        assert np.array_equal(decoded.samples, here.samples)
+        seen.add(tuple(decoder.pool().pids()))
+        time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while not decoder.pool().pids() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len({pid for pids in seen for pid in pids}) >= 2  # after DECODER_MAX_FILES=2 a new child took over
+
+
+def test_split_limit_policy() -> None:
+    settings = Settings(_env_file=None, max_split_channels=8)
+    decoder.split_channel_limit(8, settings)
+    with pytest.raises(InvalidRequest) as caught:
+        decoder.split_channel_limit(9, settings)
+    assert caught.value.status == 400 and "at most 8 (MAX_SPLIT_CHANNELS)" in caught.value.message

@@ -32,7 +32,6 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np

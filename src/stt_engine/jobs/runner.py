@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from stt_engine import channels as channels_mod
 from stt_engine import decoder
 from stt_engine.audio import DecodedAudio
-from stt_engine import channels as channels_mod
 from stt_engine.config import Settings
 from stt_engine.errors import Overloaded, STTError
 from stt_engine.jobs.models import Job, JobStatus, transcript_to_dict
