@@ -50,6 +50,9 @@ _OPEN_OPTIONS = {"max_pixels": "1"}
 # Formats whose header (or, for Ogg, last page) states the true length; for others FFmpeg may only estimate it
 # from the bitrate, which says nothing about a missing end.
 _EXACT_DURATION_FORMATS = {"wav", "w64", "flac", "ogg", "matroska,webm", "aiff", "caf", "mov,mp4,m4a,3gp,3g2,mj2"}
+# Formats whose decode after a seek to 0 gives exactly the samples of a fresh open (Matroska's Opus does not: it
+# drops the first packet's pre-roll), so that a second pass over the packets need not open the file again.
+_EXACT_SEEK_FORMATS = {"wav", "w64", "flac", "mp3", "ogg", "aiff", "mov,mp4,m4a,3gp,3g2,mj2"}
 _GROWTH = 1.5  # buffer growth factor when the container declares no duration
 _TRIM_AFTER_SAMPLES = 30 * SAMPLE_RATE  # hand freed memory back to the OS after decoding more than this
 
@@ -98,17 +101,17 @@ class AudioSource:
             # audio, decide. The demux pass stops as soon as they pass the limit.
             # First the last packets' timestamps (a seek to the end): a long file is refused in milliseconds.
             end = self._probe_end() if self.declared_seconds is not None and max_seconds is not None else None
-            self.close()
             if end is not None and max_seconds is not None and end > max_seconds:
+                self.close()
                 raise AudioTooLong(_too_long_message(end, max_seconds))
-            self._open()
+            self._rewind()
             counted = self._count_packets(max_seconds)
             if counted is not None:
                 self.length_seconds = counted
-            self.close()
             if max_seconds is not None and counted is not None and counted > max_seconds:
+                self.close()
                 raise AudioTooLong(_too_long_message(counted, max_seconds, at_least=True))
-            self._open()
+            self._rewind()
 
     def _open(self) -> None:
         source = self._source
@@ -138,6 +141,18 @@ class AudioSource:
         except BaseException:
             self.close()
             raise
+
+    def _rewind(self) -> None:
+        """Back to the first packet, for another pass: a seek (opening again probes the streams anew, which costs
+        more than reading a short file's packets), or, where the seek fails, the file opened again."""
+        if self.format in _EXACT_SEEK_FORMATS:
+            try:
+                self._container.seek(0, backward=True)
+                return
+            except (av.error.FFmpegError, OverflowError, ValueError):
+                pass
+        self.close()
+        self._open()
 
     def _probe_end(self) -> float | None:
         """Seconds up to the end of the last packet, found by seeking to the end (None where that fails)."""
