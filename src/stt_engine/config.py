@@ -77,7 +77,7 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="Longest audio accepted; at most MAX_QUEUE_SECONDS, so that a file that long fits."
     )
     max_concurrent_decodes: int = Field(2, ge=1, description="Uploads decoded at once; more wait their turn.")
-    decoder_processes: int = Field(0, ge=0, description="Decoder child processes; 0: MAX_CONCURRENT_DECODES + 1.")
+    decoder_processes: int = Field(0, ge=0, description="Decoder child processes; 0: MAX_CONCURRENT_DECODES (plus 2 for headers).")
     decoder_memory_mb: int = Field(4096, ge=256, description="Address-space limit of each decoder process.")
     decoder_cpu_seconds: float = Field(300.0, gt=0, description="CPU time one file may take in a decoder process.")
     decoder_max_files: int = Field(100, ge=1, description="Files a decoder process serves before it is replaced.")

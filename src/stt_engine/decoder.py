@@ -117,9 +117,9 @@ class DecoderPool:
     Calls come from threads (the routes' thread pool, `asyncio.to_thread`), never from the event loop.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, size: int | None = None) -> None:
         self.settings = settings
-        self.size = settings.decoder_processes or settings.max_concurrent_decodes + 1
+        self.size = size or settings.decoder_processes or settings.max_concurrent_decodes
         self._idle: list[_Worker] = []
         self._alive = 0
         self._closed = False
@@ -274,31 +274,41 @@ def _rebuilt(error: dict[str, Any]) -> STTError:
 
 # --- the public functions -----------------------------------------------------------------------------------------
 
+PROBE_PROCESSES = 2  # children that only read headers and count packets: a probe never waits behind a decode
+
 _pool: DecoderPool | None = None
+_probe_pool: DecoderPool | None = None
 _pool_lock = threading.Lock()
 
 
 def start(settings: Settings) -> DecoderPool:
-    """The server's pool (its lifespan calls this at start-up), replacing any earlier one."""
-    global _pool
+    """The server's pools (its lifespan calls this at start-up), replacing any earlier ones: one for decodes, and
+    a small one for probes, so that a burst of uploads is admitted or refused on their lengths while files decode."""
+    global _pool, _probe_pool
     with _pool_lock:
-        old, _pool = _pool, DecoderPool(settings)
+        old = [_pool, _probe_pool]
+        _pool, _probe_pool = DecoderPool(settings), DecoderPool(settings, PROBE_PROCESSES)
         _pool.start()
-    if old is not None:
-        old.close()
+        _probe_pool.start()
+    for pool_ in old:
+        if pool_ is not None:
+            pool_.close()
     return _pool
 
 
 def stop() -> None:
-    global _pool
+    global _pool, _probe_pool
     with _pool_lock:
-        old, _pool = _pool, None
-    if old is not None:
-        old.close()
+        old = [_pool, _probe_pool]
+        _pool = _probe_pool = None
+    for pool_ in old:
+        if pool_ is not None:
+            pool_.close()
 
 
 def pool() -> DecoderPool:
-    """The running pool; the CLI and other one-off users get one, from the environment's settings, on first use."""
+    """The running decode pool; the CLI and other one-off users get one, from the environment's settings, on first
+    use."""
     global _pool
     with _pool_lock:
         if _pool is None:
@@ -306,6 +316,16 @@ def pool() -> DecoderPool:
 
             _pool = DecoderPool(get_settings())
         return _pool
+
+
+def probe_pool() -> DecoderPool:
+    global _probe_pool
+    with _pool_lock:
+        if _probe_pool is None:
+            from stt_engine.config import get_settings
+
+            _probe_pool = DecoderPool(get_settings(), PROBE_PROCESSES)
+        return _probe_pool
 
 
 @contextlib.contextmanager
@@ -335,7 +355,7 @@ def probe(source: Source, *, max_seconds: float | None = None, stop: threading.E
 
     Raises `InvalidAudio` (400) for what is not audio and `AudioTooLong` (422) past `max_seconds`."""
     with _as_path(source) as path:
-        reply = pool().call({"op": "probe", "path": path, "max_seconds": max_seconds}, stop)
+        reply = probe_pool().call({"op": "probe", "path": path, "max_seconds": max_seconds}, stop)
     return Probe(reply["format"], reply["sample_rate"], reply["channels"], reply["length_seconds"])
 
 
