@@ -18,8 +18,6 @@ bound what decoding costs whatever the upload claims to be:
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import gc
 import os
 import struct
@@ -37,6 +35,7 @@ except ImportError:  # older PyAV: other streams are read by the demuxer, but st
     Discard = None  # type: ignore[assignment,misc]
 
 from stt_engine.errors import AudioTooLong, InvalidAudio, STTError
+from stt_engine.memory import release_memory  # noqa: F401  (decoder children trim after long files)
 
 SAMPLE_RATE = 16_000
 MIN_AUDIO_SECONDS = 0.1  # OpenAI's API refuses shorter files too; Whisper invents text for them.
@@ -50,6 +49,9 @@ _OPEN_OPTIONS = {"max_pixels": "1"}
 # Formats whose header (or, for Ogg, last page) states the true length; for others FFmpeg may only estimate it
 # from the bitrate, which says nothing about a missing end.
 _EXACT_DURATION_FORMATS = {"wav", "w64", "flac", "ogg", "matroska,webm", "aiff", "caf", "mov,mp4,m4a,3gp,3g2,mj2"}
+# Formats whose decode after a seek to 0 gives exactly the samples of a fresh open (Matroska's Opus does not: it
+# drops the first packet's pre-roll), so that a second pass over the packets need not open the file again.
+_EXACT_SEEK_FORMATS = {"wav", "w64", "flac", "mp3", "ogg", "aiff", "mov,mp4,m4a,3gp,3g2,mj2"}
 _GROWTH = 1.5  # buffer growth factor when the container declares no duration
 _TRIM_AFTER_SAMPLES = 30 * SAMPLE_RATE  # hand freed memory back to the OS after decoding more than this
 
@@ -71,7 +73,10 @@ class DecodedAudio:
 class AudioSource:
     """An opened upload whose header has been read: `declared_seconds` is known before any decoding."""
 
-    def __init__(self, source: str | os.PathLike[str] | BinaryIO, *, max_seconds: float | None = None) -> None:
+    def __init__(
+        self, source: str | os.PathLike[str] | BinaryIO, *, max_seconds: float | None = None,
+        count_packets: bool = False,
+    ) -> None:
         self.max_seconds = max_seconds
         self._source = source
         if isinstance(source, (str, os.PathLike)) and Path(source).stat().st_size == 0:
@@ -90,6 +95,22 @@ class AudioSource:
         if max_seconds is not None and self.length_seconds is not None and self.length_seconds > max_seconds:
             self.close()
             raise AudioTooLong(_too_long_message(self.length_seconds, max_seconds))
+        if count_packets:
+            # The header may lie (a 4 h file claiming 10 s): the packets' own timestamps, read without decoding any
+            # audio, decide. The demux pass stops as soon as they pass the limit.
+            # First the last packets' timestamps (a seek to the end): a long file is refused in milliseconds.
+            end = self._probe_end() if self.declared_seconds is not None and max_seconds is not None else None
+            if end is not None and max_seconds is not None and end > max_seconds:
+                self.close()
+                raise AudioTooLong(_too_long_message(end, max_seconds))
+            self._rewind()
+            counted = self._count_packets(max_seconds)
+            if counted is not None:
+                self.length_seconds = counted
+            if max_seconds is not None and counted is not None and counted > max_seconds:
+                self.close()
+                raise AudioTooLong(_too_long_message(counted, max_seconds, at_least=True))
+            self._rewind()
 
     def _open(self) -> None:
         source = self._source
@@ -120,6 +141,18 @@ class AudioSource:
             self.close()
             raise
 
+    def _rewind(self) -> None:
+        """Back to the first packet, for another pass: a seek (opening again probes the streams anew, which costs
+        more than reading a short file's packets), or, where the seek fails, the file opened again."""
+        if self.format in _EXACT_SEEK_FORMATS:
+            try:
+                self._container.seek(0, backward=True)
+                return
+            except (av.error.FFmpegError, OverflowError, ValueError):
+                pass
+        self.close()
+        self._open()
+
     def _probe_end(self) -> float | None:
         """Seconds up to the end of the last packet, found by seeking to the end (None where that fails)."""
         stream = self._stream
@@ -137,6 +170,32 @@ class AudioSource:
         except (av.error.FFmpegError, OverflowError, ValueError):
             return None
 
+    def _count_packets(self, max_seconds: float | None) -> float | None:
+        """Seconds the audio stream's packets span, from their timestamps and durations (no decoding); None when
+        they carry neither. Stops once past `max_seconds`: that is enough to refuse the file."""
+        stream = self._stream
+        if stream.time_base is None:
+            return None
+        base = float(stream.time_base)
+        start: int | None = None
+        end = 0
+        total = 0  # sum of packet durations, for streams without timestamps
+        limit = max_seconds / base if max_seconds is not None else None
+        try:
+            for packet in self._container.demux(stream):
+                duration = packet.duration or 0
+                total += duration
+                if packet.pts is not None:
+                    if start is None or packet.pts < start:
+                        start = packet.pts
+                    end = max(end, packet.pts + duration)
+                if limit is not None and max(total, end - (start or 0)) > limit:
+                    break
+        except (av.error.FFmpegError, OverflowError, ValueError):
+            pass  # the damage is found (and named) by the decode
+        spanned = max(total, end - (start or 0))
+        return spanned * base if spanned > 0 else None
+
     def __enter__(self) -> AudioSource:
         return self
 
@@ -152,10 +211,22 @@ class AudioSource:
         Raises `InvalidAudio` (400) for undecodable, truncated or too-short audio and `AudioTooLong` (422) as soon as
         the decoded audio passes `max_seconds`.
         """
+        return self._decode(stop, split=False)[0]
+
+    def decode_split(self, stop: threading.Event | None = None) -> tuple[DecodedAudio, list[np.ndarray]]:
+        """Every channel on its own (16 kHz float32), and their average as the mono audio; a mono source gives
+        no channels (its one channel is the mono audio). Same checks and errors as `decode`."""
+        return self._decode(stop, split=self.channels > 1)
+
+    def _decode(self, stop: threading.Event | None, split: bool) -> tuple[DecodedAudio, list[np.ndarray]]:
         try:
-            samples, errors = self._decode_stream(stop)
+            tracks, errors = self._decode_stream(stop, split)
         finally:
             gc.collect()  # PyAV's resampler graphs are freed only by the cycle collector
+        if split:
+            samples = np.mean(tracks, axis=0, dtype=np.float32) if tracks else np.zeros(0, np.float32)
+        else:
+            samples, tracks = tracks[0], []
         duration = len(samples) / SAMPLE_RATE
         if duration == 0:
             raise InvalidAudio(
@@ -168,7 +239,7 @@ class AudioSource:
                 f"The audio is too short ({duration:.3f} s); at least {MIN_AUDIO_SECONDS} s is needed.",
                 code="audio_too_short",
             )
-        return DecodedAudio(samples, self.format, self.sample_rate, self.channels)
+        return DecodedAudio(samples, self.format, self.sample_rate, self.channels), tracks
 
     def _check_complete(self, duration: float, errors: int) -> None:
         declared = self.declared_seconds
@@ -186,14 +257,24 @@ class AudioSource:
         if self.format.startswith("mov,mp4") and _mp4_cut_short(self._source):
             raise _truncated(f"its last MP4 box runs past the end of the file ({duration:.2f} s decoded)")
 
-    def _decode_stream(self, stop: threading.Event | None) -> tuple[np.ndarray, int]:
-        """Decode the audio stream into one growing float32 buffer; returns it and how many packets failed."""
+    def _decode_stream(self, stop: threading.Event | None, split: bool) -> tuple[list[np.ndarray], int]:
+        """Decode the audio stream into growing float32 buffers (one, or one per channel with `split`); returns
+        them, cut to one length, and how many packets failed."""
         limit = int(self.max_seconds * SAMPLE_RATE) if self.max_seconds is not None else None
         # reserved, not touched: pages of a buffer a lying header made too large never become resident
         expected = int(min(self.length_seconds or 60.0, 3600.0) * SAMPLE_RATE * 1.02) + SAMPLE_RATE
         most = limit + SAMPLE_RATE if limit is not None else None
-        buffer = _Buffer(min(expected, most) if most is not None else expected, most)
-        mixer = _MonoMixer()
+        count = self.channels if split else 1
+        buffers = [_Buffer(min(expected, most) if most is not None else expected, most) for _ in range(count)]
+        mixer: _MonoMixer | _ChannelSplitter = _ChannelSplitter(count) if split else _MonoMixer()
+
+        def extend(pieces: list[np.ndarray] | list[list[np.ndarray]]) -> None:
+            if split:
+                for buffer, channel in zip(buffers, pieces):
+                    buffer.extend(channel)  # type: ignore[arg-type]
+            else:
+                buffers[0].extend(pieces)  # type: ignore[arg-type]
+
         errors = 0
         try:
             for count, packet in enumerate(self._container.demux(self._stream)):
@@ -205,29 +286,38 @@ class AudioSource:
                     errors += 1
                     continue
                 for frame in frames:
-                    buffer.extend(mixer.mix(frame))
-                if limit is not None and buffer.size > limit:
+                    extend(mixer.mix(frame))
+                if limit is not None and buffers[0].size > limit:
                     raise AudioTooLong(
-                        _too_long_message(buffer.size / SAMPLE_RATE, self.max_seconds or 0, at_least=True)
+                        _too_long_message(buffers[0].size / SAMPLE_RATE, self.max_seconds or 0, at_least=True)
                     )
-            buffer.extend(mixer.flush())
+            extend(mixer.flush())
         except av.error.FFmpegError as exc:  # the demuxer gave up: keep what came before, count it as damage
             errors += 1
-            if buffer.size == 0:
+            if buffers[0].size == 0:
                 raise InvalidAudio(
                     f"The audio could not be decoded ({_ffmpeg_reason(exc)}).", code="undecodable_audio"
                 ) from exc
         except BaseException:
-            buffer.release()
+            for buffer in buffers:
+                buffer.release()
             raise
         finally:
             del mixer
-        return buffer.finish(), errors
+        size = min(buffer.size for buffer in buffers)
+        for buffer in buffers:
+            buffer.size = size
+        return [buffer.finish() for buffer in buffers], errors
 
 
-def open_audio(source: str | os.PathLike[str] | BinaryIO, *, max_seconds: float | None = None) -> AudioSource:
-    """Open `source` and read its header only. Raises `InvalidAudio` (400) or `AudioTooLong` (422) from the header."""
-    return AudioSource(source, max_seconds=max_seconds)
+def open_audio(
+    source: str | os.PathLike[str] | BinaryIO, *, max_seconds: float | None = None, count_packets: bool = False
+) -> AudioSource:
+    """Open `source` and read its header only. Raises `InvalidAudio` (400) or `AudioTooLong` (422) from the header.
+
+    With `count_packets`, the length is the one the packets' timestamps span (a demux pass, no decoding), not the
+    header's claim: what the decoder processes use, so a lying header cannot make them decode up to the limit."""
+    return AudioSource(source, max_seconds=max_seconds, count_packets=count_packets)
 
 
 def decode(source: str | os.PathLike[str] | BinaryIO, *, max_seconds: float | None = None) -> DecodedAudio:
@@ -314,22 +404,66 @@ class _MonoMixer:
         return out
 
 
-def _average_channels(frame: av.AudioFrame) -> av.AudioFrame:
-    """A mono float frame: the mean of every channel, for layouts FFmpeg cannot mix."""
+def _planar_float(frame: av.AudioFrame) -> np.ndarray:
+    """A frame's samples as float32 in [-1, 1], one row per channel, whatever its sample format."""
     channels = len(frame.layout.channels)
     data = frame.to_ndarray()
     if not frame.format.is_planar:
         data = data.reshape(-1, channels).T
     name = frame.format.name.rstrip("p")
     if name == "u8":
-        mono = (data.astype(np.float32).mean(axis=0) - 128.0) / 128.0
-    elif name in ("s16", "s32", "s64"):
-        mono = data.astype(np.float32).mean(axis=0) / float(2 ** (int(name[1:]) - 1))
-    else:
-        mono = data.astype(np.float32).mean(axis=0)
-    out = av.AudioFrame.from_ndarray(np.ascontiguousarray(mono, dtype=np.float32)[None, :], format="flt", layout="mono")
-    out.sample_rate = frame.sample_rate
+        return (data.astype(np.float32) - 128.0) / 128.0
+    if name in ("s16", "s32", "s64"):
+        return data.astype(np.float32) / float(2 ** (int(name[1:]) - 1))
+    return data.astype(np.float32, copy=False)
+
+
+def _mono_frame(samples: np.ndarray, sample_rate: int) -> av.AudioFrame:
+    out = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, dtype=np.float32)[None, :], format="flt",
+                                     layout="mono")
+    out.sample_rate = sample_rate
     return out
+
+
+def _average_channels(frame: av.AudioFrame) -> av.AudioFrame:
+    """A mono float frame: the mean of every channel, for layouts FFmpeg cannot mix."""
+    return _mono_frame(_planar_float(frame).mean(axis=0), frame.sample_rate)
+
+
+class _ChannelSplitter:
+    """Frames of any format, rate and channel count -> one list of 16 kHz float32 pieces per channel.
+
+    Every channel is taken out as a mono frame and resampled on its own: FFmpeg's resampler is never asked to carry
+    a layout of many channels (8 and more crashed it), so any count the limit allows costs only its share of work.
+    """
+
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+        self._resamplers: list[av.AudioResampler | None] = [None] * channels
+
+    def mix(self, frame: av.AudioFrame) -> list[list[np.ndarray]]:
+        data = _planar_float(frame)
+        if data.shape[0] != self.channels:
+            raise InvalidAudio(
+                f"The audio changes its channel count midway ({self.channels} to {data.shape[0]}), which "
+                "channels=split cannot follow; send it with channels=mix.", code="channel_count_changed"
+            )
+        return [self._resample(c, _mono_frame(data[c], frame.sample_rate)) for c in range(self.channels)]
+
+    def flush(self) -> list[list[np.ndarray]]:
+        return [self._resample(c, None) if self._resamplers[c] is not None else [] for c in range(self.channels)]
+
+    def _resample(self, channel: int, frame: av.AudioFrame | None) -> list[np.ndarray]:
+        resampler = self._resamplers[channel]
+        if resampler is None:
+            resampler = self._resamplers[channel] = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        try:
+            pieces = resampler.resample(frame)
+        except ValueError:  # the rate changed midway: a new resampler for the rest
+            out = self._resample(channel, None)
+            self._resamplers[channel] = None
+            return out + self._resample(channel, frame)
+        return [piece.to_ndarray().reshape(-1).astype(np.float32, copy=False) for piece in pieces]
 
 
 def _declared_seconds(container: av.container.InputContainer, stream: av.audio.stream.AudioStream) -> float | None:
@@ -466,19 +600,3 @@ def _too_long_message(seconds: float, limit: float, at_least: bool = False) -> s
 
 def _ffmpeg_reason(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-
-
-_libc: ctypes.CDLL | None = None
-
-
-def release_memory() -> None:
-    """Give freed heap memory back to the OS (glibc keeps it otherwise), so idle RSS returns near its start."""
-    global _libc
-    if _libc is None:
-        name = ctypes.util.find_library("c")
-        if not name:
-            return
-        _libc = ctypes.CDLL(name)
-    trim = getattr(_libc, "malloc_trim", None)
-    if trim is not None:
-        trim(0)

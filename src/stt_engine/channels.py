@@ -1,6 +1,6 @@
 """Speakers by channel: a stereo call (agent left, customer right) transcribed channel by channel.
 
-`channels=split` decodes each channel to its own 16 kHz track and sends every track through the scheduler at the
+`channels=split` decodes each channel to its own 16 kHz track (in a decoder process: `stt_engine.decoder.decode_split`) and sends every track through the scheduler at the
 same time, so their windows batch like any others. Segments come back labelled with their channel and speaker and
 merged in time order. A silent channel costs nothing (it is not sent), and channels that are copies of each other
 (a mono recording stored as stereo) are transcribed once.
@@ -11,15 +11,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import av
 import numpy as np
 from faster_whisper.transcribe import Segment
 
-from stt_engine.audio import SAMPLE_RATE, DecodedAudio
+from stt_engine.audio import DecodedAudio
 from stt_engine.engine import Transcript
 from stt_engine.engine.assemble import join_segments
 from stt_engine.options import TranscribeOptions
@@ -36,33 +34,6 @@ class SpeakerSegment(Segment):
 
     speaker: str | None = None
     channel: int | None = None
-
-
-def decode_channels(path: str | os.PathLike[str], *, max_seconds: float | None = None) -> list[np.ndarray]:
-    """Each channel of the first audio stream as 16 kHz float32 samples (the upload was already validated whole)."""
-    limit = int(max_seconds * SAMPLE_RATE) if max_seconds else None
-    with av.open(str(path)) as container:
-        stream = next(s for s in container.streams if s.type == "audio")
-        resampler: av.AudioResampler | None = None
-        pieces: list[np.ndarray] = []
-        size = 0
-        for frame in container.decode(stream):
-            frame.pts = None
-            if resampler is None:
-                resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=SAMPLE_RATE)
-            for out in resampler.resample(frame):
-                pieces.append(out.to_ndarray())
-                size += pieces[-1].shape[1]
-            if limit is not None and size > limit:
-                break
-        if resampler is not None:
-            pieces.extend(out.to_ndarray() for out in resampler.resample(None))
-    if not pieces:
-        return []
-    samples = np.concatenate(pieces, axis=1).astype(np.float32, copy=False)
-    if limit is not None:
-        samples = samples[:, :limit]
-    return [np.ascontiguousarray(channel) for channel in samples]
 
 
 def is_silent(samples: np.ndarray) -> bool:
@@ -144,7 +115,7 @@ def merge(results: list[tuple[int, Transcript]], speakers: list[str], duration: 
 
 
 async def plan_split(decoded: DecodedAudio, tracks: list[np.ndarray], names: list[str] | None) -> ChannelPlan:
-    """channels=split's plan (off the loop): `tracks` are the channels from `decode_channels`; empty for a mono
+    """channels=split's plan (off the loop): `tracks` are the channels from `decoder.decode_split`; empty for a mono
     upload, which is then one channel, the first speaker's."""
     channel_plan = await asyncio.to_thread(plan, tracks or [decoded.samples], names)
     if channel_plan.copies:

@@ -115,7 +115,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     """Transcribe files with the local model, no server needed (the server's scheduler spreads the work)."""
     import asyncio
 
-    from stt_engine.audio import decode
+    from stt_engine.decoder import decode
     from stt_engine.engine import Engine
     from stt_engine.formats import ResponseFormat, render
     from stt_engine.models import resolve_model

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     )
     max_concurrent_decodes: int = Field(2, ge=1, description="Uploads decoded at once; more wait their turn.")
     diarize_concurrency: int = Field(2, ge=1, description="Diarizations (speaker turns) run at once; more wait.")
+    decoder_processes: int = Field(0, ge=0, description="Decoder child processes; 0: MAX_CONCURRENT_DECODES (plus 2 for headers).")
+    decoder_memory_mb: int = Field(4096, ge=256, description="Address-space limit of each decoder process.")
+    decoder_cpu_seconds: float = Field(300.0, gt=0, description="CPU time one file may take in a decoder process.")
+    decoder_max_files: int = Field(100, ge=1, description="Files a decoder process serves before it is replaced.")
+    decoder_max_mb: int = Field(4096, ge=1, description="Decoded MB a decoder process hands back before it is replaced.")
+    max_split_channels: int = Field(8, ge=1, description="Most channels channels=split takes; mix takes any count.")
     max_prompt_chars: int = Field(2000, ge=0)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     auth_open_paths: Annotated[list[str], NoDecode] = Field(

@@ -20,7 +20,6 @@ import asyncio
 import base64
 import binascii
 import dataclasses
-import io
 import re
 import threading
 from collections.abc import Awaitable, Iterable, Sequence
@@ -93,7 +92,7 @@ def decode_reference(data_url: str, name: str, settings: Settings | None = None)
 
     The one place references are decoded: blocking, call it off the event loop. Errors are 400s naming the speaker.
     """
-    from stt_engine import audio as audio_mod
+    from stt_engine import decoder
 
     match = _DATA_URL.match(data_url)
     if match is None or not match.group("b64"):
@@ -106,7 +105,7 @@ def decode_reference(data_url: str, name: str, settings: Settings | None = None)
     except (binascii.Error, ValueError):
         raw = b""
     try:
-        return audio_mod.decode(io.BytesIO(raw), max_seconds=30.0).samples
+        return decoder.decode(raw, max_seconds=30.0).samples
     except STTError as exc:
         raise InvalidRequest(
             f"The reference for known speaker {quote(name)} is not decodable audio: {exc.message}",

@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from stt_engine import __version__
+from stt_engine import __version__, decoder
 from stt_engine.api.diarization import router as diarization_router
 from stt_engine.api.errors import install_error_handlers
 from stt_engine.api.jobs_routes import router as jobs_router
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None, *, model: ResolvedModel | None 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.postprocessor = PostProcessor.from_settings(settings)
+        app.state.decoders = decoder.start(settings)  # uploads are parsed only in these child processes
         loader = asyncio.ensure_future(_load(app, settings, model))
         app.state.jobs = await start_jobs(app, settings)
         try:
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None, *, model: ResolvedModel | None 
             if scheduler is not None:
                 await run_in_threadpool(scheduler.close, settings.shutdown_grace_s)
             await app.state.postprocessor.aclose()
+            await run_in_threadpool(decoder.stop)
 
     app = FastAPI(
         title="stt-engine",

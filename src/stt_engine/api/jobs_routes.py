@@ -14,7 +14,7 @@ from fastapi import APIRouter, Form, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from stt_engine import audio as audio_mod
+from stt_engine import decoder
 from stt_engine import speakers as speakers_mod
 from stt_engine.api.routes import (
     ChannelsField,
@@ -164,8 +164,12 @@ async def create_job(
             if existing is not None:  # a retried submission: the job it created, without storing the audio again
                 return _replayed(existing, fingerprint)
             async with decoding_slot(request):  # checked whole, as the runner will read it; the samples are let go
-                duration = (await run_in_threadpool(audio_mod.decode, path, max_seconds=settings.max_audio_seconds)
-                            ).duration
+                checked = await run_in_threadpool(
+                    decoder.decode, path, max_seconds=settings.max_audio_seconds, check_only=True
+                )
+                duration = checked.duration
+            if split:  # refused now, not when the job runs
+                decoder.split_channel_limit(checked.source_channels, settings)
             await run_in_threadpool(folder.mkdir, parents=True, exist_ok=True)
             await run_in_threadpool(shutil.move, path, folder / "upload")
         request.state.audio_seconds = duration

@@ -25,8 +25,8 @@ from fastapi.responses import StreamingResponse
 from faster_whisper.transcribe import Segment
 from starlette.concurrency import run_in_threadpool
 
-from stt_engine import audio as audio_mod
 from stt_engine import channels as channels_mod
+from stt_engine import decoder
 from stt_engine import speakers as speakers_mod
 from stt_engine.api.errors import error_body
 from stt_engine.audio import DecodedAudio
@@ -34,6 +34,7 @@ from stt_engine.config import Settings
 from stt_engine.engine import Transcript
 from stt_engine.errors import InvalidRequest, NotReady, PayloadTooLarge, STTError
 from stt_engine.formats import to_diarized_json
+from stt_engine.memory import release_memory
 from stt_engine.openai_fields import transcript_logprobs
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler import Scheduler
@@ -109,32 +110,45 @@ def decoding_slot(request: Request) -> asyncio.Semaphore:
 
 
 async def _decode_admitted(
-    request: Request, scheduler: Scheduler, settings: Settings, path: str, *, split: bool = False
+    request: Request, scheduler: Scheduler, settings: Settings, path: str, *, split: bool = False,
+    channels_out: list[np.ndarray] | None = None,
 ) -> DecodedAudio:
     """Read the header, take queue room for the length it states, then decode; refusals come before the work.
 
-    With `split` (channels=split) every channel is queued on its own, so the room taken is channels × length.
-    Decoding stops at MAX_AUDIO_SECONDS whatever the header said, and when the client goes away.
+    With `split` (channels=split) every channel is queued on its own, so the room taken is channels × length, and
+    the channels of a multi-channel upload go into `channels_out`. Both steps run in a decoder process
+    (`stt_engine.decoder`); the length is counted from the packets, so a lying header cannot buy room. Decoding
+    stops at MAX_AUDIO_SECONDS whatever the header said, and when the client goes away.
     """
     intake = _Intake.of(request)
-    source = await run_in_threadpool(audio_mod.open_audio, path, max_seconds=settings.max_audio_seconds)
-    try:
-        seconds = (source.length_seconds or 0.0) * (max(1, source.channels) if split else 1)
-        with intake.reserve(scheduler, seconds):
-            stop = threading.Event()
-            watcher = asyncio.ensure_future(_wait_for_disconnect(request))
-            watcher.add_done_callback(lambda _: stop.set())
-            try:
-                async with intake.decoding:
-                    if stop.is_set():
-                        raise STTError("Client disconnected.", status=499, code="client_closed_request")
-                    decoded = await run_in_threadpool(source.decode, stop)
-            finally:
-                watcher.cancel()
-    finally:
-        source.close()
+    source = await run_in_threadpool(decoder.probe, path, max_seconds=settings.max_audio_seconds)
+    if split:
+        decoder.split_channel_limit(source.channels, settings)
+    seconds = (source.length_seconds or 0.0) * (max(1, source.channels) if split else 1)
+    with intake.reserve(scheduler, seconds):
+        stop = threading.Event()
+        watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+        watcher.add_done_callback(lambda _: stop.set())
+        try:
+            async with intake.decoding:
+                if stop.is_set():
+                    raise STTError("Client disconnected.", status=499, code="client_closed_request")
+                if split:
+                    decoded, tracks = await run_in_threadpool(
+                        decoder.decode_split, path, max_seconds=settings.max_audio_seconds, stop=stop,
+                        max_channels=settings.max_split_channels,
+                    )
+                    if channels_out is not None:
+                        channels_out.extend(tracks)
+                    del tracks
+                else:
+                    decoded = await run_in_threadpool(
+                        decoder.decode, path, max_seconds=settings.max_audio_seconds, stop=stop
+                    )
+        finally:
+            watcher.cancel()
     if decoded.duration > 30:
-        await run_in_threadpool(audio_mod.release_memory)  # what decoding freed goes back to the OS
+        await run_in_threadpool(release_memory)  # what decoding freed goes back to the OS
     return decoded
 
 
@@ -169,11 +183,8 @@ async def receive_audio(
         raise NotReady("The model is still loading; retry in a few seconds.", headers={"Retry-After": "5"})
     scheduler.admit(0.0)  # a full queue answers 429 before we spend time storing the upload
     async with stored_upload(upload, settings) as path:
-        decoded = await _decode_admitted(request, scheduler, settings, path, split=channels_out is not None)
-        if channels_out is not None and decoded.source_channels > 1:
-            channels_out.extend(
-                await run_in_threadpool(channels_mod.decode_channels, path, max_seconds=settings.max_audio_seconds)
-            )
+        decoded = await _decode_admitted(request, scheduler, settings, path, split=channels_out is not None,
+                                         channels_out=channels_out)
     request.state.audio_seconds = decoded.duration
     return decoded
 
@@ -240,7 +251,7 @@ async def transcribe_upload(
         transcript = await _processed(request, work.result(), text)
     del work
     if long_audio:
-        await run_in_threadpool(audio_mod.release_memory)  # its samples are free now: hand them back to the OS
+        await run_in_threadpool(release_memory)  # its samples are free now: hand them back to the OS
     result = TranscriptionResult(transcript, _finished(request, transcript, started))
     if postprocess:
         result.postprocess = await _postprocess(request, transcript, postprocess, postprocess_prompt)

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_incrementing
 
-from stt_engine import audio as audio_mod
 from stt_engine import channels as channels_mod
+from stt_engine import decoder
 from stt_engine import speakers as speakers_mod
+from stt_engine.audio import DecodedAudio
 from stt_engine.config import Settings
 from stt_engine.errors import Overloaded, STTError
 from stt_engine.jobs.models import Job, JobStatus, transcript_to_dict
@@ -100,10 +101,13 @@ class JobExecutor:
     async def _run(self, job: Job, token: str) -> None:
         path, limit = self.storage / job.audio_path, self.settings.max_audio_seconds
         try:
-            decoded = await asyncio.to_thread(audio_mod.decode, path, max_seconds=limit)
             tracks: list[np.ndarray] = []  # channels=split: each channel of a multi-channel upload, as the routes decode them
-            if job.channels == "split" and decoded.source_channels > 1:
-                tracks = await asyncio.to_thread(channels_mod.decode_channels, path, max_seconds=limit)
+            if job.channels == "split":
+                decoded, tracks = await asyncio.to_thread(
+                    decoder.decode_split, path, max_seconds=limit, max_channels=self.settings.max_split_channels
+                )
+            else:
+                decoded = await asyncio.to_thread(decoder.decode, path, max_seconds=limit)
             wanted = speakers_mod.request_from_dict(job.diarize) if job.channels != "split" else None
             turns = speakers_mod.diarize(self.settings, decoded.samples, wanted) if wanted else None
             turns_found = None
@@ -159,7 +163,7 @@ class JobExecutor:
         await self._finish(job, token, JobStatus.completed, postprocess_result=postprocess_result)
 
     async def _transcribe(
-        self, job: Job, token: str, decoded: audio_mod.DecodedAudio, tracks: list[np.ndarray]
+        self, job: Job, token: str, decoded: DecodedAudio, tracks: list[np.ndarray]
     ) -> Any:
         """The transcript, or None when the job was cancelled (or taken over) meanwhile. With channels=split, each
         channel goes through the scheduler at job priority and the results are merged with speakers, as the routes
@@ -172,7 +176,7 @@ class JobExecutor:
             if segments:  # with channels split, the furthest any channel has got
                 done_seconds[0] = max(done_seconds[0], float(segments[-1].end))
 
-        def transcribe(audio: audio_mod.DecodedAudio) -> Awaitable[Any]:
+        def transcribe(audio: DecodedAudio) -> Awaitable[Any]:
             # behind live and interactive work; bounded by JOBS_CONCURRENCY and the job store, not by the
             # interactive queue's limits or its request timeout (a job may take as long as it takes)
             return scheduler.transcribe(
