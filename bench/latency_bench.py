@@ -98,13 +98,13 @@ class Target:
 
 
 async def _post(client: httpx.AsyncClient, base: str, payload: bytes, name: str, language: str | None,
-                request_id: str) -> float:
+                request_id: str) -> tuple[float, int]:
+    """Seconds to the answer and its status (a 504 or 429 is a result to report, not a crash)."""
     data = {"response_format": "json", **({"language": language} if language else {})}
     started = time.perf_counter()
     response = await client.post(base + "/v1/audio/transcriptions", files={"file": (name, payload)}, data=data,
                                  headers={"X-Request-ID": request_id}, timeout=1800)
-    response.raise_for_status()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, response.status_code
 
 
 def _timings(target: Target, request_id: str, sent_at: float) -> dict[str, float | None]:
@@ -129,20 +129,23 @@ async def short_behind(target: Target, short: tuple[bytes, str, str | None], lon
         request_id = f"short-{uuid.uuid4().hex}"
         sent_at = time.time()
         try:
-            total = await _post(client, target.base, *short, request_id)
+            total, status = await _post(client, target.base, *short, request_id)
         finally:
             overlapped = sum(not t.done() for t in longs)
             for task in longs:
                 task.cancel()
             await asyncio.gather(*longs, return_exceptions=True)
     await _idle(target)
-    return {"long_requests": count, "total_s": round(total, 2), "long_still_running": overlapped,
+    return {"long_requests": count, "total_s": round(total, 2), "status": status, "long_still_running": overlapped,
             **_timings(target, request_id, sent_at)}
 
 
 async def alone(target: Target, short: tuple[bytes, str, str | None]) -> float:
     async with httpx.AsyncClient(timeout=600) as client:
-        return await _post(client, target.base, *short, f"alone-{uuid.uuid4().hex}")
+        seconds, status = await _post(client, target.base, *short, f"alone-{uuid.uuid4().hex}")
+    if status != 200:
+        raise RuntimeError(f"{target.name}: a request alone answered {status}")
+    return seconds
 
 
 async def _idle(target: Target, limit: float = 120.0) -> None:
@@ -179,6 +182,8 @@ def main() -> int:
     parser.add_argument("--figure-count", type=int, default=0, help="also once with this many (e.g. 64)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--baseline-src", default=None, help="src folder of the code to compare against")
+    parser.add_argument("--keep-logs", default=None, help="copy the servers' JSON logs into this folder")
+    parser.add_argument("--only", choices=("this", "baseline"), default=None, help="run one side only")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "latency.json"))
     args = parser.parse_args()
     audio_dir = Path(args.audio_dir) if args.audio_dir else default_audio_dir()
@@ -194,6 +199,7 @@ def main() -> int:
                  SHORT_UNDER_30), "long184": clip(audio_dir / LONG_CLIP, LONG_CLIP),
                  "upload300": (upload.read_bytes(), upload.name, "ko")}
         targets = [("this", ROOT / "src")] + ([("baseline", Path(args.baseline_src))] if args.baseline_src else [])
+        targets = [t for t in targets if args.only in (None, t[0])]
         rows: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in targets}
         for repeat in range(args.repeats):
             for name, src in (targets if repeat % 2 else targets[::-1]):
@@ -203,6 +209,8 @@ def main() -> int:
                     row = asyncio.run(scenarios(target, clips, args.long_count, figure))
                 finally:
                     target.stop()
+                    if args.keep_logs:
+                        shutil.copytree(target.log_dir, Path(args.keep_logs) / target.log_dir.name, dirs_exist_ok=True)
                 row["started"] = datetime.now().isoformat(timespec="seconds")
                 rows[name].append(row)
                 print(name, json.dumps(row), flush=True)

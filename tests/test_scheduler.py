@@ -313,7 +313,7 @@ def test_slots_serve_shorter_files_first_within_an_age_bound() -> None:
 
 
 async def test_ranked_slots_hand_a_freed_slot_to_the_shortest_waiter() -> None:
-    slots = RankedSlots(1)
+    slots = RankedSlots(1, reserved=0)
     served: list[str] = []
     release = asyncio.Event()
 
@@ -331,7 +331,27 @@ async def test_ranked_slots_hand_a_freed_slot_to_the_shortest_waiter() -> None:
     release.set()
     await asyncio.gather(holder, *waiters)
     assert served == ["first", "short", "long", "unknown"]
-    assert slots.free == 1 and slots.waiting == 0
+    assert slots.free == {False: 1, True: 0} and slots.waiting == 0
+
+
+async def test_a_short_upload_takes_the_reserved_slot_while_long_ones_decode() -> None:
+    slots = RankedSlots(1, reserved=1)
+    release = asyncio.Event()
+    served: list[str] = []
+
+    async def use(name: str, seconds: float | None) -> None:
+        async with slots.slot(seconds):
+            served.append(name)
+            await release.wait()
+
+    tasks = [asyncio.ensure_future(use("long1", 300.0)), asyncio.ensure_future(use("long2", 300.0))]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.ensure_future(use("short", 9.0)))
+    await asyncio.sleep(0)
+    assert served == ["long1", "short"], "the second long upload waits; the short one does not"
+    release.set()
+    await asyncio.gather(*tasks)
+    assert served == ["long1", "short", "long2"] and slots.free == {False: 1, True: 1}
 
 
 def test_ranked_pool_runs_the_lowest_rank_first_and_skips_cancelled_calls() -> None:
@@ -345,6 +365,11 @@ def test_ranked_pool_runs_the_lowest_rank_first_and_skips_cancelled_calls() -> N
     blocker.result(5)
     futures["c"].result(5)
     assert ran == ["a", "c"]
+    gate.clear()
+    busy = pool.submit(0.0, gate.wait)
+    assert pool.submit(9.0, lambda: "short work", short=True).result(5) == "short work", "the short thread ran it"
+    gate.set()
+    busy.result(5)
     failing = pool.submit(0.0, lambda: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         failing.result(5)

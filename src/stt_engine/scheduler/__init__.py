@@ -223,7 +223,8 @@ class Scheduler:
             self.stats.submitted += 1
         try:
             job = await asyncio.wrap_future(self._prep.submit(
-                slot_rank(audio.duration, time.monotonic()), self.engine.prepare, audio, options, first_text_early
+                slot_rank(audio.duration, time.monotonic()), self.engine.prepare, audio, options, first_text_early,
+                short=is_short(audio.duration),
             ))
             ticket.prepared_at = time.monotonic()
             self._enqueue(ticket, job)
