@@ -5,8 +5,8 @@
 
 Against a real server on this machine, with the real model and real clips (../shared/audio):
 
-1. "5 s behind 162 s": a ~5 s clip alone, then the same clip sent 1 s after the long Korean clip (184 s); its
-   latency both ways and the ratio. The long request is dropped (client disconnects) once the short one answered.
+1. "5 s behind 162 s": a ~5 s clip alone, then the same clip sent while the long Korean clip (184 s) is being
+   decoded (once the server has finished a window of it); its latency both ways and the ratio. The long request is dropped (client disconnects) once the short one answered.
 2. "short behind N uploads": N five-minute uploads (concatenated long clips, written to a temp dir) sent at once,
    then an 11 s clip 1 s later: its total latency, its `queue_wait` (scheduler admission to first decode, from the
    access log) and its first decode counted from when it was sent (from the scheduler's log line, where the
@@ -119,13 +119,20 @@ def _timings(target: Target, request_id: str, sent_at: float) -> dict[str, float
 
 
 async def short_behind(target: Target, short: tuple[bytes, str, str | None], long: tuple[bytes, str, str | None],
-                       count: int, settle: float = 1.0) -> dict[str, Any]:
-    """`count` long requests at once, the short one `settle` s later; the long ones are dropped afterwards."""
+                       count: int, settle: float = 1.0, decoding: bool = False) -> dict[str, Any]:
+    """`count` long requests at once, the short one `settle` s later (`decoding`: once a window of theirs has
+    been decoded, so they are past VAD); the long ones are dropped afterwards."""
     limits = httpx.Limits(max_connections=count + 8, max_keepalive_connections=0)
     async with httpx.AsyncClient(limits=limits, timeout=1800) as client:
+        batches = (await client.get(target.base + "/health")).json()["queue"]["batches"]
         longs = [asyncio.ensure_future(_post(client, target.base, *long, f"long-{uuid.uuid4().hex}"))
                  for _ in range(count)]
         await asyncio.sleep(settle)
+        deadline = time.monotonic() + 120
+        while decoding and time.monotonic() < deadline:
+            if (await client.get(target.base + "/health")).json()["queue"]["batches"] > batches:
+                break
+            await asyncio.sleep(0.05)
         request_id = f"short-{uuid.uuid4().hex}"
         sent_at = time.time()
         try:
@@ -163,7 +170,7 @@ async def scenarios(target: Target, clips: dict[str, tuple[bytes, str, str | Non
                     figure_count: int | None) -> dict[str, Any]:
     await alone(target, clips["short5"])  # warm-up
     solo = [await alone(target, clips["short5"]) for _ in range(2)]
-    behind = await short_behind(target, clips["short5"], clips["long184"], 1)
+    behind = await short_behind(target, clips["short5"], clips["long184"], 1, decoding=True)
     row: dict[str, Any] = {
         "short5_alone_s": round(min(solo), 2), "short5_behind_184s_s": behind["total_s"],
         "short5_ratio": round(behind["total_s"] / min(solo), 2), "short5_behind_detail": behind,
