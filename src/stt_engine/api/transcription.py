@@ -73,8 +73,8 @@ class _Intake:
 
     They count toward the queue's bounds, so a burst of uploads is refused from their headers within moments instead
     of after all of them were decoded; and at most MAX_CONCURRENT_DECODES of them decode at once, the shorter
-    (by the header's length) first within an age bound (`policy.slot_rank`), so a short upload is not decoded
-    after every long one that came before it.
+    (by the header's length) first within an age bound (`policy.slot_rank`), plus one slot only short files take,
+    so a short upload is never decoded after the long ones that came before it.
     """
 
     def __init__(self, settings: Settings) -> None:
