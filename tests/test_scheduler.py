@@ -421,3 +421,25 @@ async def test_a_short_request_behind_many_long_ones_gets_the_next_window() -> N
     await asyncio.gather(short, *longs)
     scheduler.close(1)
     assert order(engine).index("short") <= 1, order(engine)[:5]
+
+
+def test_ranked_pool_lets_go_of_a_finished_calls_audio() -> None:
+    """An idle VAD thread must not keep the last file's samples alive (an hour is 230 MB)."""
+    import gc
+    import weakref
+
+    class Samples:
+        pass
+
+    pool = RankedPool(1, "test-pool")
+    samples = Samples()
+    gone = weakref.ref(samples)
+    pool.submit(0.0, lambda s: None, samples).result(5)
+    del samples
+    for _ in range(50):
+        gc.collect()
+        if gone() is None:
+            break
+        time.sleep(0.02)
+    assert gone() is None, "the pool still holds the finished call's arguments"
+    pool.shutdown()

@@ -119,12 +119,13 @@ class RankedPool:
                 if taken is None:
                     return
             future, fn, args = taken
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # handed to the caller, like ThreadPoolExecutor
-                future.set_exception(exc)
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # handed to the caller, like ThreadPoolExecutor
+                    future.set_exception(exc)
+            # an idle thread must not keep its last call's audio (and result) alive until the next call
+            del taken, future, fn, args
 
     def shutdown(self) -> None:
         """Cancel what has not started; the threads end after their current call."""
