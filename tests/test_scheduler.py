@@ -22,14 +22,22 @@ from stt_engine.errors import RequestTimeout, ShuttingDown, TranscriptionFailed
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler import Priority, Scheduler
 from stt_engine.scheduler.policy import (
+    LONG_TURN_EVERY,
+    SLOT_MAX_HEADSTART,
     STARVE_AFTER_SECONDS,
     Candidate,
     Turn,
+    admits,
     effective_priority,
+    express,
     fair_share,
+    level,
+    long_turn_due,
     pick_batch,
     run_solo,
+    slot_rank,
 )
+from stt_engine.scheduler.slots import RankedPool, RankedSlots
 
 EN = TranscribeOptions(language="en")
 
@@ -241,3 +249,197 @@ def test_a_request_waiting_too_long_moves_up_so_live_sessions_never_stop_files()
     assert pick_batch([live, file], fresh, 1) == [live]
     starved = [fresh[0], Turn(2, effective_priority(Priority.FILE, STARVE_AFTER_SECONDS), last_served=3, seq=2)]
     assert pick_batch([live, file], starved, 1) == [file]  # same level now, and served less recently
+
+
+# --- short before long (issue 18) ------------------------------------------------------------------------------
+
+
+def test_a_short_request_goes_before_long_ones_that_waited_longer() -> None:
+    """64 long files that all waited past the starvation bound do not outrank a short one that just came: aging
+    lifts a request over higher levels, never over its equals."""
+    longs = [Turn(i, level(effective_priority(Priority.FILE, 5 * STARVE_AFTER_SECONDS), Priority.FILE), -1, i)
+             for i in range(64)]
+    short = Turn(64, level(effective_priority(Priority.FILE, 0.0), Priority.FILE), -1, 64, short=True)
+    candidates = [Candidate(t.ticket, 0, "k") for t in longs + [short]]
+    assert pick_batch(candidates, longs + [short], 1) == [Candidate(64, 0, "k")]
+
+
+def test_job_windows_never_go_before_a_short_sync_request() -> None:
+    """Jobs run at the lowest level; starved, they rise to the files' level, and there a short file still goes
+    first. With live work waiting they may rise to the live level, so a flood of live sessions cannot stop them."""
+    jobs = [Turn(i, level(effective_priority(Priority.JOB, 100.0), Priority.FILE), 5, i) for i in range(4)]
+    short = Turn(9, level(Priority.FILE, Priority.FILE), -1, 9, short=True)
+    candidates = [Candidate(t.ticket, 0, "k") for t in jobs + [short]]
+    assert pick_batch(candidates, jobs + [short], 1) == [Candidate(9, 0, "k")]
+    assert level(effective_priority(Priority.JOB, 100.0), Priority.LIVE) == Priority.LIVE
+    assert level(effective_priority(Priority.JOB, 0.0), Priority.LIVE) == Priority.JOB
+
+
+def test_long_requests_keep_a_share_while_short_ones_keep_coming() -> None:
+    long, short = Turn(1, Priority.FILE, -1, 1), Turn(2, Priority.FILE, 7, 2, short=True)
+    candidates = [Candidate(1, 0, "k"), Candidate(2, 0, "k")]
+    picks, in_a_row = [], 0
+    for _ in range(3 * LONG_TURN_EVERY):
+        first = pick_batch(candidates, [long, short], 1, long_first=long_turn_due(in_a_row))[0].ticket
+        in_a_row = 0 if first == 1 else in_a_row + 1
+        picks.append(first)
+    assert picks.count(1) == 3 and picks.count(2) == 3 * (LONG_TURN_EVERY - 1), picks
+    assert max(len(run) for run in "".join(map(str, picks)).split("1")) == LONG_TURN_EVERY - 1
+
+
+def test_a_short_request_is_admitted_when_long_ones_fill_the_queue() -> None:
+    assert admits(9.0, waiting=0, queued=3000.0, max_requests=64, max_seconds=3600.0)
+    assert not admits(300.0, waiting=10, queued=3000.0, max_requests=64, max_seconds=3600.0), "long ones keep a reserve"
+    assert admits(9.0, waiting=60, queued=0.0, max_requests=64, max_seconds=3600.0)
+    assert not admits(300.0, waiting=60, queued=0.0, max_requests=64, max_seconds=3600.0)
+    assert not admits(9.0, waiting=64, queued=0.0, max_requests=64, max_seconds=3600.0), "the bounds still hold"
+    assert not admits(9.0, waiting=1, queued=3595.0, max_requests=64, max_seconds=3600.0)
+    assert admits(3500.0, waiting=0, queued=0.0, max_requests=64, max_seconds=3600.0), "a big file fits an empty queue"
+    assert not admits(60.0, waiting=1, queued=0.0, max_requests=1, max_seconds=3600.0)
+
+
+def test_the_express_lane_opens_only_when_every_worker_decodes_a_long_window() -> None:
+    assert express(True, busy_workers=2, workers=2, long_busy=2, solo_free=True)
+    assert not express(True, busy_workers=1, workers=2, long_busy=1, solo_free=True), "a worker will be free"
+    assert not express(True, busy_workers=2, workers=2, long_busy=1, solo_free=True), "short work ends soon"
+    assert not express(True, busy_workers=2, workers=2, long_busy=2, solo_free=False)
+    assert not express(False, busy_workers=2, workers=2, long_busy=2, solo_free=True)
+
+
+def test_slots_serve_shorter_files_first_within_an_age_bound() -> None:
+    assert slot_rank(9.0, arrived=101.0) < slot_rank(300.0, arrived=100.0)
+    assert slot_rank(300.0, arrived=100.0) < slot_rank(1.0, arrived=100.0 + SLOT_MAX_HEADSTART + 1)
+    assert slot_rank(None, 100.0) == slot_rank(10_000.0, 100.0) == 100.0 + SLOT_MAX_HEADSTART
+
+
+async def test_ranked_slots_hand_a_freed_slot_to_the_shortest_waiter() -> None:
+    slots = RankedSlots(1, reserved=0)
+    served: list[str] = []
+    release = asyncio.Event()
+
+    async def use(name: str, seconds: float | None) -> None:
+        async with slots.slot(seconds):
+            served.append(name)
+            await release.wait()
+
+    holder = asyncio.ensure_future(use("first", 300.0))
+    await asyncio.sleep(0)
+    waiters = [asyncio.ensure_future(use(n, s)) for n, s in (("long", 300.0), ("unknown", None), ("short", 9.0))]
+    gone = asyncio.ensure_future(use("cancelled", 1.0))
+    await asyncio.sleep(0)
+    gone.cancel()
+    release.set()
+    await asyncio.gather(holder, *waiters)
+    assert served == ["first", "short", "long", "unknown"]
+    assert slots.free == {False: 1, True: 0} and slots.waiting == 0
+
+
+async def test_a_short_upload_takes_the_reserved_slot_while_long_ones_decode() -> None:
+    slots = RankedSlots(1, reserved=1)
+    release = asyncio.Event()
+    served: list[str] = []
+
+    async def use(name: str, seconds: float | None) -> None:
+        async with slots.slot(seconds):
+            served.append(name)
+            await release.wait()
+
+    tasks = [asyncio.ensure_future(use("long1", 300.0)), asyncio.ensure_future(use("long2", 300.0))]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.ensure_future(use("short", 9.0)))
+    await asyncio.sleep(0)
+    assert served == ["long1", "short"], "the second long upload waits; the short one does not"
+    release.set()
+    await asyncio.gather(*tasks)
+    assert served == ["long1", "short", "long2"] and slots.free == {False: 1, True: 1}
+
+
+def test_ranked_pool_runs_the_lowest_rank_first_and_skips_cancelled_calls() -> None:
+    pool = RankedPool(1, "test-pool")
+    gate = threading.Event()
+    ran: list[str] = []
+    blocker = pool.submit(0.0, gate.wait)
+    futures = {name: pool.submit(rank, ran.append, name) for name, rank in (("c", 3.0), ("a", 1.0), ("b", 2.0))}
+    futures["b"].cancel()
+    gate.set()
+    blocker.result(5)
+    futures["c"].result(5)
+    assert ran == ["a", "c"]
+    gate.clear()
+    busy = pool.submit(0.0, gate.wait)
+    assert pool.submit(9.0, lambda: "short work", short=True).result(5) == "short work", "the short thread ran it"
+    gate.set()
+    busy.result(5)
+    failing = pool.submit(0.0, lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.result(5)
+    pool.shutdown()
+
+
+class LongWindowsBlock(StandInEngine):
+    """Two workers and an all-cores instance; windows of requests named long* wait for `release`."""
+
+    has_solo = True
+
+    def __init__(self) -> None:
+        super().__init__(workers=2)
+        self.release = threading.Event()
+        self.solo_calls: list[str] = []
+
+    def decode(self, streams: Sequence[Stream], *, solo: bool = False) -> None:
+        name = streams[0].job.name  # type: ignore[attr-defined]
+        if solo:
+            self.solo_calls.append(name)
+        if name.startswith("long"):
+            self.release.wait(10)
+        super().decode(streams, solo=solo)
+
+
+async def test_a_short_request_starts_at_once_while_both_workers_decode_long_windows() -> None:
+    engine = LongWindowsBlock()
+    scheduler = Scheduler(engine, max_queue_seconds=10_000)
+    longs = [asyncio.ensure_future(scheduler.transcribe(audio(f"long{i}", 300), EN)) for i in range(2)]
+    while scheduler.stats.busy_workers < 2:
+        await asyncio.sleep(0.01)
+    short = await asyncio.wait_for(scheduler.transcribe(audio("short", 9), EN), 5)  # long windows still blocked
+    assert short.text == "short" and engine.solo_calls == ["short"]
+    assert scheduler.stats.express_batches == 1
+    engine.release.set()
+    await asyncio.gather(*longs)
+    scheduler.close(1)
+
+
+async def test_a_short_request_behind_many_long_ones_gets_the_next_window() -> None:
+    engine = StandInEngine(workers=1)
+    engine.gate.clear()
+    scheduler = Scheduler(engine, max_queue_seconds=100_000, max_queued_requests=100)
+    longs = [asyncio.ensure_future(scheduler.transcribe(audio(f"long{i}", 300), EN)) for i in range(16)]
+    await asyncio.sleep(0.3)
+    short = asyncio.ensure_future(scheduler.transcribe(audio("short", 9), EN))
+    await asyncio.sleep(0.3)
+    engine.gate.set()
+    await asyncio.gather(short, *longs)
+    scheduler.close(1)
+    assert order(engine).index("short") <= 1, order(engine)[:5]
+
+
+def test_ranked_pool_lets_go_of_a_finished_calls_audio() -> None:
+    """An idle VAD thread must not keep the last file's samples alive (an hour is 230 MB)."""
+    import gc
+    import weakref
+
+    class Samples:
+        pass
+
+    pool = RankedPool(1, "test-pool")
+    samples = Samples()
+    gone = weakref.ref(samples)
+    pool.submit(0.0, lambda s: None, samples).result(5)
+    del samples
+    for _ in range(50):
+        gc.collect()
+        if gone() is None:
+            break
+        time.sleep(0.02)
+    assert gone() is None, "the pool still holds the finished call's arguments"
+    pool.shutdown()

@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     )
     max_concurrent_decodes: int = Field(2, ge=1, description="Uploads decoded at once; more wait their turn.")
     diarize_concurrency: int = Field(2, ge=1, description="Diarizations (speaker turns) run at once; more wait.")
-    decoder_processes: int = Field(0, ge=0, description="Decoder child processes; 0: MAX_CONCURRENT_DECODES (plus 2 for headers).")
+    decoder_processes: int = Field(0, ge=0, description="Decoder child processes; 0: MAX_CONCURRENT_DECODES + 1 (plus 2 for headers).")
     decoder_memory_mb: int = Field(4096, ge=256, description="Address-space limit of each decoder process.")
     decoder_cpu_seconds: float = Field(300.0, gt=0, description="CPU time one file may take in a decoder process.")
     decoder_max_files: int = Field(100, ge=1, description="Files a decoder process serves before it is replaced.")

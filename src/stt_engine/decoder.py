@@ -119,7 +119,7 @@ class DecoderPool:
 
     def __init__(self, settings: Settings, size: int | None = None) -> None:
         self.settings = settings
-        self.size = size or settings.decoder_processes or settings.max_concurrent_decodes
+        self.size = size or decode_processes(settings)
         self._idle: list[_Worker] = []
         self._alive = 0
         self._closed = False
@@ -275,6 +275,16 @@ def _rebuilt(error: dict[str, Any]) -> STTError:
 # --- the public functions -----------------------------------------------------------------------------------------
 
 PROBE_PROCESSES = 2  # children that only read headers and count packets: a probe never waits behind a decode
+
+
+def decode_processes(settings: Settings) -> int:
+    """Children that decode: one per decode slot, and the slot only short files take (`scheduler.slots`)."""
+    return settings.decoder_processes or settings.max_concurrent_decodes + 1
+
+
+def all_processes(settings: Settings) -> int:
+    """Every decoder child the server runs (each holds a socket, and a temporary file while it decodes)."""
+    return decode_processes(settings) + PROBE_PROCESSES
 
 _pool: DecoderPool | None = None
 _probe_pool: DecoderPool | None = None

@@ -107,6 +107,8 @@ async def health(request: Request) -> JSONResponse:
             "batches": stats.batches,
             "batched_chunks": stats.batched_chunks,
             "largest_batch": stats.largest_batch,
+            "express_batches": stats.express_batches,
+            "busy_workers": stats.busy_workers,
             "workers_alive": stats.workers_alive,
             "workers_expected": scheduler.workers_expected,
         }

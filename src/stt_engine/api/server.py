@@ -32,6 +32,7 @@ import h11
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from stt_engine import decoder
 from stt_engine.api.errors import send_error
 from stt_engine.config import Settings
 from stt_engine.errors import ServerBusy
@@ -65,9 +66,9 @@ class DescriptorBudget:
 
 
 def reserved_descriptors(settings: Settings) -> int:
-    """Descriptors kept out of the connections' share: the base set, one decoder process per decode or job that
-    may run at once, and the outbound clients."""
-    decoders = settings.max_concurrent_decodes + settings.jobs_concurrency
+    """Descriptors kept out of the connections' share: the base set, the decoder processes (jobs decode through them
+    too, and each running job holds its upload open), and the outbound clients."""
+    decoders = decoder.all_processes(settings) + settings.jobs_concurrency
     return BASE_RESERVE_FDS + FDS_PER_DECODER * decoders + OUTBOUND_FDS
 
 

@@ -38,6 +38,7 @@ from stt_engine.memory import release_memory
 from stt_engine.openai_fields import transcript_logprobs
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler import Scheduler
+from stt_engine.scheduler.slots import RankedSlots
 from stt_engine.textproc import TextOptions, finish_transcript
 from stt_engine.textproc.streaming import TextStream
 from stt_engine.textproc.vocabulary import load_vocabulary
@@ -74,14 +75,16 @@ class _Intake:
     """Uploads whose header has been read but which are not yet in the scheduler's queue.
 
     They count toward the queue's bounds, so a burst of uploads is refused from their headers within moments instead
-    of after all of them were decoded; and at most MAX_CONCURRENT_DECODES of them decode at once.
+    of after all of them were decoded; and at most MAX_CONCURRENT_DECODES of them decode at once, the shorter
+    (by the header's length) first within an age bound (`policy.slot_rank`), plus one slot only short files take,
+    so a short upload is never decoded after the long ones that came before it.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.seconds = 0.0
         self.count = 0
-        self.decoding = asyncio.Semaphore(settings.max_concurrent_decodes)
+        self.decoding = RankedSlots(settings.max_concurrent_decodes)
 
     @classmethod
     def of(cls, request: Request) -> _Intake:
@@ -104,9 +107,10 @@ class _Intake:
             self.count -= 1
 
 
-def decoding_slot(request: Request) -> asyncio.Semaphore:
-    """The MAX_CONCURRENT_DECODES bound, shared by every upload that is decoded (transcriptions and job intake)."""
-    return _Intake.of(request).decoding
+def decoding_slot(request: Request, seconds: float | None = None) -> contextlib.AbstractAsyncContextManager[None]:
+    """One of the MAX_CONCURRENT_DECODES slots, shared by every upload that is decoded (transcriptions and job
+    intake); `seconds`, the length the header declares, decides the order (None: unknown, served as long)."""
+    return _Intake.of(request).decoding.slot(seconds)
 
 
 async def _decode_admitted(
@@ -130,7 +134,7 @@ async def _decode_admitted(
         watcher = asyncio.ensure_future(_wait_for_disconnect(request))
         watcher.add_done_callback(lambda _: stop.set())
         try:
-            async with intake.decoding:
+            async with decoding_slot(request, seconds):
                 if stop.is_set():
                     raise STTError("Client disconnected.", status=499, code="client_closed_request")
                 if split:

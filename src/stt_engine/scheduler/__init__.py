@@ -6,6 +6,11 @@ worker) each take a batch chosen by `policy.pick_batch` (priority, then round-ro
 keys only), decode it outside the lock, and put the sections back. A request's timeout runs from its first decode,
 not from admission, and a request nobody waits for any more is dropped.
 
+Short before long (issue 18): VAD runs shortest file first (`slots.RankedPool`), a request with little audio left
+goes ahead of long ones at its level (with a guaranteed share for the long ones, `policy.long_turn_due`), and when
+every worker is busy with a long request's window, a short request's window starts at once on the all-cores
+instance (`policy.express`) instead of waiting seconds for one of them to end.
+
 Nothing here runs on the event loop: results come back through `loop.call_soon_threadsafe`. The lock guards only
 bookkeeping; decoding and assembling a transcript happen outside it.
 """
@@ -19,24 +24,32 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from faster_whisper.transcribe import Segment
 
-from stt_engine.audio import DecodedAudio
+from stt_engine.audio import SAMPLE_RATE, DecodedAudio
 from stt_engine.engine import Engine, Job, Stream, Transcript
+from stt_engine.engine.job import HOP
 from stt_engine.errors import AudioTooLong, Overloaded, RequestTimeout, ShuttingDown, TranscriptionFailed
+from stt_engine.logging_setup import request_id_var
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler.policy import (
     Candidate,
     Priority,
     Turn,
+    admits,
     effective_priority,
+    express,
     fair_share,
+    is_short,
+    level,
+    long_turn_due,
     pick_batch,
     run_solo,
+    slot_rank,
 )
+from stt_engine.scheduler.slots import RankedPool
 
 __all__ = ["Priority", "Scheduler", "SchedulerStats"]
 
@@ -57,6 +70,7 @@ class SchedulerStats:
     batches: int = 0
     batched_chunks: int = 0
     largest_batch: int = 0
+    express_batches: int = 0
     retried_batches: int = 0
     audio_seconds: float = 0.0
     busy_workers: int = 0
@@ -84,6 +98,9 @@ class _Ticket:
     queue_wait: float | None = None
     last_served: int = -1
     finishing: bool = False
+    request_id: str | None = None
+    prepared_at: float | None = None
+    short: bool = False  # at most SHORT_SECONDS of audio left to decode (updated as it is decoded)
 
 
 class Scheduler:
@@ -115,13 +132,21 @@ class Scheduler:
         self._seq = itertools.count()
         self._tick = itertools.count()
         self._stopping = False
-        self._prep = ThreadPoolExecutor(max_workers=max(1, engine.workers), thread_name_prefix="stt-prep")
+        self._prep = RankedPool(max(1, engine.workers), "stt-prep")
+        self._short_in_a_row = 0  # batches in a row that went to short requests while long ones had ready windows
+        self._long_busy = 0  # workers decoding a long request's window
+        self._express_busy = False
+        self._solo_busy = 0  # workers decoding on the all-cores instance
         self._threads = [
             threading.Thread(target=self._worker, name=f"stt-worker-{i}", daemon=True) for i in range(engine.workers)
         ]
         self.stats.workers_alive = len(self._threads)
         for thread in self._threads:
             thread.start()
+        self._express_thread: threading.Thread | None = None
+        if getattr(engine, "has_solo", False) and engine.workers > 1:
+            self._express_thread = threading.Thread(target=self._express, name="stt-express", daemon=True)
+            self._express_thread.start()
 
     # --- public, called on the event loop ------------------------------------------------------------
     @property
@@ -151,7 +176,7 @@ class Scheduler:
         with self._cond:
             waiting = sum(1 for t in self._tickets.values() if t.bounded) + pending_requests
             queued = self._queued_seconds + pending_seconds
-            full = waiting >= self.max_queued_requests or queued + duration > self.max_queue_seconds
+            full = not admits(duration, waiting, queued, self.max_queued_requests, self.max_queue_seconds)
             if self._stopping:
                 self.stats.rejected += 1
                 raise ShuttingDown("The server is shutting down; retry on another instance.",
@@ -194,14 +219,17 @@ class Scheduler:
                 seq=next(self._seq), priority=int(priority), loop=loop, future=loop.create_future(),
                 started=loop.create_future(), admitted_seconds=audio.duration if bounded else 0.0,
                 exclusive=exclusive, on_segments=on_segments, bounded=bounded, first_text_early=first_text_early,
+                request_id=request_id_var.get(),
             )
             self._tickets[ticket.seq] = ticket
             self._queued_seconds += ticket.admitted_seconds
             self.stats.submitted += 1
         try:
-            job = await loop.run_in_executor(
-                self._prep, self.engine.prepare, audio, options
-            )
+            job = await asyncio.wrap_future(self._prep.submit(
+                slot_rank(audio.duration, time.monotonic()), self.engine.prepare, audio, options,
+                short=is_short(audio.duration),
+            ))
+            ticket.prepared_at = time.monotonic()
             self._enqueue(ticket, job)
             await asyncio.wait({ticket.started, ticket.future}, return_when=asyncio.FIRST_COMPLETED)
             timeout = self.timeout_for(audio.duration) if timed else None
@@ -245,9 +273,9 @@ class Scheduler:
                 f"The server shut down before this transcription finished (SHUTDOWN_GRACE_S={timeout or 0:g} s). "
                 "Send it again.", headers={"Retry-After": "5"},
             ))
-        for thread in self._threads:
+        for thread in self._threads + ([self._express_thread] if self._express_thread else []):
             thread.join(timeout=1)
-        self._prep.shutdown(wait=False, cancel_futures=True)
+        self._prep.shutdown()
 
     # --- bookkeeping (under the lock) ---------------------------------------------------------------------
     def _retry_after(self, queued: float) -> int:
@@ -287,9 +315,10 @@ class Scheduler:
     def _ready(self) -> tuple[list[Candidate], list[Turn], dict[tuple[int, int], Stream]]:
         """Every window that could start now: streams not done, not decoding, and whose language is known (a job
         that must detect it decodes its first window alone first, so the whole request uses one language; so does a
-        `first_text_early` one, so its first text is final after one window on every core)."""
+        `first_text_early` one, so its first text is final after one window on every core); and each request's turn:
+        its level (`policy.level`), and whether it is short."""
         candidates: list[Candidate] = []
-        turns: list[Turn] = []
+        pending: list[tuple[_Ticket, int]] = []
         streams: dict[tuple[int, int], Stream] = {}
         now = time.monotonic()
         for ticket in self._tickets.values():
@@ -306,27 +335,15 @@ class Scheduler:
                 candidates.append(Candidate(ticket.seq, stream.index, key))
                 streams[(ticket.seq, stream.index)] = stream
             if ready:
-                priority = effective_priority(ticket.priority, now - ticket.served_at)
-                turns.append(Turn(ticket.seq, priority, ticket.last_served, ticket.seq))
+                left = sum(max(0, s.frames - s.seek) for s in job.streams if not s.done) * HOP / SAMPLE_RATE
+                ticket.short = is_short(left)
+                pending.append((ticket, effective_priority(ticket.priority, now - ticket.served_at)))
+        top = max((t.priority for t, _ in pending), default=0)
+        turns = [Turn(t.seq, level(p, top), t.last_served, t.seq, t.short) for t, p in pending]
         return candidates, turns, streams
 
-    def _take_batch(self) -> tuple[list[Stream], bool] | None:
-        """Wait for ready work, then take this worker's fair share of it as one batch, and whether it may run on
-        every core (it is all there is to do). None: stop."""
-        while True:
-            if self._stopping and not self._tickets:
-                return None
-            candidates, turns, streams = self._ready()
-            if candidates:
-                break
-            self._cond.wait(timeout=0.5)
-        if len(candidates) < self.batch_size and self.batch_wait > 0 and self.batch_size > 1:
-            self._cond.wait(timeout=self.batch_wait)  # let concurrent requests join this batch
-            candidates, turns, streams = self._ready()
-            if not candidates:
-                return [], False
-        idle = max(1, self.stats.workers_alive - self.stats.busy_workers)
-        chosen = pick_batch(candidates, turns, fair_share(len(candidates), self.batch_size, idle))
+    def _claim(self, chosen: list[Candidate], streams: dict[tuple[int, int], Stream]) -> list[Stream]:
+        """Mark the chosen windows as decoding; a request's first one starts its timeout."""
         now = time.monotonic()
         batch = []
         for candidate in chosen:
@@ -340,10 +357,61 @@ class Scheduler:
                 self.stats.queue_wait_seconds.append(ticket.queue_wait)
                 del self.stats.queue_wait_seconds[:-1000]
                 ticket.loop.call_soon_threadsafe(_set_started, ticket.started)
+                if ticket.queue_wait >= 1.0 and ticket.bounded:
+                    prep = (ticket.prepared_at or now) - ticket.admitted_at
+                    log.info(
+                        "first window after %.2f s: VAD %.2f s, then %.2f s in the queue", ticket.queue_wait, prep,
+                        ticket.queue_wait - prep, extra={
+                            "request_id": ticket.request_id, "first_window_at": time.time(),
+                            "prep_seconds": round(prep, 3), "queue_wait_seconds": round(ticket.queue_wait, 3),
+                        },
+                    )
             batch.append(stream)
-        solo = run_solo(len(chosen), len(candidates), self.stats.busy_workers)
+        return batch
+
+    def _take_batch(self) -> tuple[list[Stream], bool, bool] | None:
+        """Wait for ready work, then take this worker's fair share of it as one batch, whether it may run on
+        every core (it is all there is to do), and whether it is a long request's. None: stop."""
+        while True:
+            if self._stopping and not self._tickets:
+                return None
+            candidates, turns, streams = self._ready()
+            if candidates:
+                break
+            self._cond.wait(timeout=0.5)
+        if len(candidates) < self.batch_size and self.batch_wait > 0 and self.batch_size > 1:
+            self._cond.wait(timeout=self.batch_wait)  # let concurrent requests join this batch
+            candidates, turns, streams = self._ready()
+            if not candidates:
+                return [], False, False
+        idle = max(1, self.stats.workers_alive - self.stats.busy_workers)
+        long_waiting = any(not t.short for t in turns)
+        long_first = long_waiting and long_turn_due(self._short_in_a_row)
+        chosen = pick_batch(candidates, turns, fair_share(len(candidates), self.batch_size, idle), long_first)
+        long = not self._tickets[chosen[0].ticket].short
+        self._short_in_a_row = 0 if long else self._short_in_a_row + int(long_waiting)
+        batch = self._claim(chosen, streams)
+        solo = run_solo(len(chosen), len(candidates), self.stats.busy_workers + int(self._express_busy))
         self.stats.busy_workers += 1
-        return batch, solo
+        self._long_busy += int(long)
+        self._solo_busy += int(solo)
+        return batch, solo, long
+
+    def _take_express(self) -> list[Stream] | None:
+        """Wait until a short request's window is ready while every worker decodes a long one's and the all-cores
+        instance is idle (`policy.express`); take that window. None: stop."""
+        while not self._stopping:
+            candidates, turns, streams = self._ready()
+            short = [t for t in turns if t.short]
+            if express(bool(short), self.stats.busy_workers, self.stats.workers_alive, self._long_busy,
+                       not self._express_busy and not self._solo_busy):
+                tickets = {t.ticket for t in short}
+                chosen = pick_batch([c for c in candidates if c.ticket in tickets], short, 1)
+                self._express_busy = True
+                self.stats.express_batches += 1
+                return self._claim(chosen, streams)
+            self._cond.wait(timeout=0.5)
+        return None
 
     # --- worker threads ------------------------------------------------------------------------------------
     def _worker(self) -> None:
@@ -356,8 +424,9 @@ class Scheduler:
                         taken = self._take_batch()
                     if taken is None:
                         return
-                    if taken[0]:
-                        self._run(*taken)
+                    batch, solo, long = taken
+                    if batch:
+                        self._run(batch, solo, long=long)
                 except Exception:
                     log.exception("scheduler worker: unexpected error; continuing")
                     time.sleep(0.1)
@@ -367,9 +436,22 @@ class Scheduler:
             if not self._stopping:
                 log.error("scheduler worker %s stopped", threading.current_thread().name)
 
-    def _run(self, batch: list[Stream], solo: bool = False) -> None:
+    def _express(self) -> None:
+        """The express lane: a short request's window on the all-cores instance beside busy workers."""
+        while True:
+            try:
+                with self._cond:
+                    batch = self._take_express()
+                if batch is None:
+                    return
+                self._run(batch, True, express=True)
+            except Exception:
+                log.exception("scheduler express lane: unexpected error; continuing")
+                time.sleep(0.1)
+
+    def _run(self, batch: list[Stream], solo: bool = False, *, long: bool = False, express: bool = False) -> None:
         """Decode one batch; a batch that fails is retried window by window, so one bad window fails only its
-        own request."""
+        own request. `long`: a long request's (counted for the express lane); `express`: the express lane's."""
         started = time.perf_counter()
         failed: list[Stream] = []
         try:
@@ -397,7 +479,12 @@ class Scheduler:
         progressed: list[_Ticket] = []
         errors: list[_Ticket] = []
         with self._cond:
-            self.stats.busy_workers -= 1
+            if express:
+                self._express_busy = False
+            else:
+                self.stats.busy_workers -= 1
+                self._long_busy -= int(long)
+                self._solo_busy -= int(solo)
             self.stats.batches += 1
             self.stats.batched_chunks += len(batch)
             self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
