@@ -17,12 +17,22 @@ import inspect
 import os
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pluggy
 import pytest
 
-from tests.support import REAL_MODEL_OFF, app_client, HAVE_FULL_AUDIO, NO_FULL_AUDIO, SHARED_AUDIO, missing_clip, shared_server, stop_shared_servers
+from tests.support import (
+    HAVE_FULL_AUDIO,
+    NO_FULL_AUDIO,
+    REAL_MODEL_OFF,
+    SHARED_AUDIO,
+    app_client,
+    missing_clip,
+    shared_server,
+    stop_shared_servers,
+)
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
@@ -57,9 +67,16 @@ def _skip_for_missing_clip(outcome: pluggy.Result[None]) -> None:
 
 
 @pytest.fixture(scope="session")
-def server() -> str:
-    """Base URL of a real `stt-engine serve` on the bundled Whisper base model."""
-    return shared_server()
+def itn_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where NeMo's compiled grammars go for the session: the `server` and test_numbers build them once."""
+    return tmp_path_factory.mktemp("itn-cache")
+
+
+@pytest.fixture(scope="session")
+def server(itn_cache_dir: Path) -> str:
+    """Base URL of a real `stt-engine serve` on the bundled Whisper base model (shared by every module that needs
+    only the default behaviour; NORMALIZE_CACHE_DIR is a cache location, not a behaviour)."""
+    return shared_server({"NORMALIZE_CACHE_DIR": str(itn_cache_dir)})
 
 
 @pytest.fixture(scope="session")

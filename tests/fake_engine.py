@@ -12,7 +12,9 @@ SIGTERM drain) but no model load.
 from __future__ import annotations
 
 import math
+import os
 import sys
+import time
 from collections.abc import Hashable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -47,8 +49,9 @@ class FakeEngine:
     batch_size = 1
     supported_languages = LANGUAGES
 
-    def __init__(self, text: str = FAKE_TEXT) -> None:
+    def __init__(self, text: str = FAKE_TEXT, decode_s: float = 0.0) -> None:
         self.text = text
+        self.decode_s = decode_s  # how long each decode step takes: for tests of timeouts and slow decoding
         self.requests = 0
 
     def prepare(self, audio: DecodedAudio, options: TranscribeOptions, streamed: bool = False) -> Job:
@@ -63,6 +66,7 @@ class FakeEngine:
         return replace(job.options, language=None)
 
     def decode(self, streams: Sequence[Stream], *, solo: bool = False) -> None:
+        time.sleep(self.decode_s)
         for stream in streams:
             stream.job.language = stream.job.language or "en"
             stream.seek = stream.frames
@@ -88,14 +92,17 @@ class FakeEngine:
 
 
 def serve() -> int:
-    """`stt-engine serve` with a `FakeEngine`: no model is resolved, verified or loaded."""
+    """`stt-engine serve` with a `FakeEngine`: no model is resolved, verified or loaded. `FAKE_ENGINE_DECODE_S` in
+    the environment sets its `decode_s`."""
     import stt_engine.api.app as app_module
     import stt_engine.models as models
     from stt_engine import cli
 
     create_app = app_module.create_app
     models.resolve_model = lambda settings: FAKE_MODEL  # type: ignore[assignment]
-    app_module.create_app = lambda settings=None, **kw: create_app(settings, engine=FakeEngine())  # type: ignore[assignment]
+    app_module.create_app = lambda settings=None, **kw: create_app(  # type: ignore[assignment]
+        settings, engine=FakeEngine(decode_s=float(os.environ.get("FAKE_ENGINE_DECODE_S", "0")))
+    )
     return cli.main(sys.argv[1:])
 
 
