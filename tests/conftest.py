@@ -98,7 +98,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 # a call that starts a real-model server process (engine="fake" ones load nothing)
 _STARTS_SERVER = re.compile(
-    r"\b(running_server|shared_server|start_server|start_worker|server_process)\((?![^()]*engine=\"fake\")"
+    r"\b(running_server|shared_server|start_server|start_worker|server_process)\((?![^()]*\"fake\")"
 )
 _LOADS_MODEL = re.compile(r"\b(Engine|load_engine|WhisperModel|start_llama_server)\(")
 _MODEL_FIXTURES = {"server", "llama_server"}

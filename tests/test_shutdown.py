@@ -169,6 +169,19 @@ def _slow_upload(base: str, name: str, seconds: float) -> Callable[[], httpx.Res
                               headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
 
+def _wait_until_arriving(base: str, worker: threading.Thread, result: Outcome) -> None:
+    """Until the server is serving a request besides this probe (the slow upload has reached it): SIGTERM before
+    that would refuse the connection, which is not what these tests are about (and happened under load)."""
+    deadline = time.monotonic() + 120
+    while True:
+        metrics = httpx.get(base + "/metrics", timeout=30).text
+        line = next(x for x in metrics.splitlines() if x.startswith("stt_http_requests_in_flight "))
+        if float(line.split()[1]) >= 2:  # the upload and this /metrics request
+            return
+        assert time.monotonic() < deadline and worker.is_alive(), result
+        time.sleep(0.02)
+
+
 def _served_or_refused(response: httpx.Response | BaseException, *, served: bool) -> None:
     """The promise: the (stand-in engine's) transcript (required when `served`), or a 503 in the route's error
     shape."""
@@ -187,6 +200,7 @@ def test_sigterm_during_an_upload_serves_it_within_the_grace(tmp_path: Path, sig
     drain waits for it and admits it), not refused; then the process exits 0."""
     with server_process(tmp_path, "fake", SHUTDOWN_GRACE_S="120", FAKE_ENGINE_DECODE_S="0.5") as (proc, base):
         worker, result = _in_background(_slow_upload(base, SHORT, 3.0))
+        _wait_until_arriving(base, worker, result)
         time.sleep(signal_after)
         proc.send_signal(signal.SIGTERM)
         worker.join(timeout=240)
@@ -197,6 +211,7 @@ def test_sigterm_during_an_upload_serves_it_within_the_grace(tmp_path: Path, sig
 def test_an_upload_still_arriving_past_the_grace_gets_503_in_its_error_shape(tmp_path: Path) -> None:
     with server_process(tmp_path, "fake", SHUTDOWN_GRACE_S="1") as (proc, base):
         worker, result = _in_background(_slow_upload(base, SHORT, 4.0))
+        _wait_until_arriving(base, worker, result)
         time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
         worker.join(timeout=60)
@@ -205,14 +220,16 @@ def test_an_upload_still_arriving_past_the_grace_gets_503_in_its_error_shape(tmp
         assert proc.wait(timeout=60) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grace", ["300", "1"])
 def test_sigterm_with_requests_queued(tmp_path: Path, grace: str) -> None:
     """One worker busy with a long file and two short requests queued behind it when SIGTERM comes: with room in
     the grace all three are transcribed; past it each gets its transcript or a 503 in the error shape. The
-    stand-in engine takes 5 s a request, so "room in the grace" (300 s for 15 s of work) does not depend on the
-    machine's speed, as it did with a real 78 s clip and a 60 s grace."""
+    stand-in engine takes 10 s a request (long enough for the other two to queue behind the first, however loaded
+    the machine), so "room in the grace" (300 s for 30 s of work) does not depend on the machine's speed, as it
+    did with a real 78 s clip and a 60 s grace."""
     clips = (LONG, SHORT, SHORT)
-    with server_process(tmp_path, "fake", SHUTDOWN_GRACE_S=grace, FAKE_ENGINE_DECODE_S="5") as (proc, base):
+    with server_process(tmp_path, "fake", SHUTDOWN_GRACE_S=grace, FAKE_ENGINE_DECODE_S="10") as (proc, base):
         posts = [_post_file(base, "/v1/audio/transcriptions", name, timeout=300, language="en")
                  for name in clips]
         running = [_in_background(posts[0])]
