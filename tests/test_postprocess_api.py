@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -81,12 +82,22 @@ def _assert_transcript_intact(body: dict[str, object]) -> None:
     assert JFK_WORDS in text.replace(",", ""), text
 
 
+def _llm_health(base: str) -> dict:
+    """/health once the server has probed the LLM server (`ok` is None until then: the probe runs beside startup,
+    and a server without a model to load is ready before it)."""
+    deadline = time.monotonic() + 120
+    while (health := httpx.get(base + "/health", timeout=30).json())["llm"]["ok"] is None:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.1)
+    return health
+
+
 def test_transcribe_with_llm_up_then_killed() -> None:
     """One request gives transcript + summary; after the LLM server dies, the transcript still comes back."""
     with start_llama_server() as llama, running_server(
         {"VLLM_BASE_URL": llama.base_url + "/v1", "VLLM_MAX_TOKENS": "24", "VLLM_MAX_RETRIES": "1"}, engine="fake"
     ) as base:
-        health = httpx.get(base + "/health", timeout=30).json()
+        health = _llm_health(base)
         assert health["llm"]["ok"] and health["llm"]["model"] == LLAMA_ALIAS
 
         response = post_audio(base, "/transcribe", JFK, postprocess="summarize")
