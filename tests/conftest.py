@@ -7,8 +7,9 @@ without a hand-kept list:
   test_shutdown's `server_process`;
 * `model`: loads a model in the test process (Whisper through `Engine`/`load_engine`/`WhisperModel`, or the
   SmolLM2 LLM through `llama_server`/`start_llama_server`); every `e2e` test is also `model`.
-`make test-fast` runs `-m "not model and not e2e"` with STT_TESTS_NO_MODEL=1, under which loading a Whisper
-model or starting a real-model server fails the test that did it, so a mis-tiered test shows up at once.
+`make test-fast` runs `-m "not model and not e2e and not slow"` with STT_TESTS_NO_MODEL=1, under which loading a
+Whisper model or starting a real-model server or worker fails the test that did it, so a mis-tiered test shows up
+at once. docs/testing.md has the rules (which server a test gets, no timing bounds, missing inputs skip).
 """
 
 from __future__ import annotations
