@@ -48,6 +48,7 @@ def itn_cache(itn_cache_dir: Path) -> Path:
     return itn_cache_dir
 
 
+@pytest.mark.slow  # compiling NeMo's Korean grammars takes about half a minute of CPU (once per session)
 def test_spoken_korean_numbers_are_written(itn_cache: Path) -> None:
     from stt_engine.textproc.numbers import normalize_text
 
@@ -73,6 +74,7 @@ def itn_server(itn_cache: Path, server: str) -> str:
     return server
 
 
+@pytest.mark.slow  # the grammars, as above
 def test_spoken_references_become_written(itn_cache: Path) -> None:
     """The shared clips' spoken-form references as a transcript that speaks its numbers (what Korean models trained
     on spoken-form transcripts write): CER against the written-form reference falls (measured: summed over the 7
