@@ -30,6 +30,10 @@ SHORT = "en/picovoice_test_en.wav"  # 5.9 s
 
 Outcome = dict[str, httpx.Response | BaseException]
 
+# each test starts, signals and waits out a server of its own, with deliberate waits (slow uploads, LLM delays):
+# in `make test`, not in the quick loop
+pytestmark = pytest.mark.slow
+
 
 @contextlib.contextmanager
 def server_process(
@@ -222,7 +226,6 @@ def test_an_upload_still_arriving_past_the_grace_gets_503_in_its_error_shape(tmp
         assert proc.wait(timeout=60) == 0
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("grace", ["300", "1"])
 def test_sigterm_with_requests_queued(tmp_path: Path, grace: str) -> None:
     """One worker busy with a long file and two short requests queued behind it when SIGTERM comes: with room in
