@@ -39,10 +39,11 @@ serve: $(VENV)/.installed
 test: install-test
 	$(BIN)/python -m pytest
 
-# a quick loop while developing (a few minutes): pure policy, options, engine on real audio, the core API
+# a quick loop while developing (under 2 minutes): every test that loads no model (markers set by tests/conftest.py):
+# pure policy, options, config, and the HTTP layer in-process or on tests/fake_engine.py; STT_TESTS_NO_MODEL makes
+# a test that loads one anyway fail, naming itself
 test-fast: install-test
-	$(BIN)/python -m pytest -q tests/test_units.py tests/test_scheduler.py tests/test_config.py tests/test_engine.py \
-		tests/test_api_core.py tests/test_streaming.py
+	STT_TESTS_NO_MODEL=1 $(BIN)/python -m pytest -q -m "not model and not e2e and not slow"
 
 lint: $(VENV)/.installed-test
 	$(BIN)/python -m pip install --quiet ruff

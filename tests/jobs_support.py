@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from tests.support import REPO, free_port
+from tests.support import REAL_MODEL_OFF, REPO, Engine, free_port, serve_command, wait_ready
 
 # Few threads per process: the test machine has 2 cores shared with others.
 LIGHT = {"WHISPER_NUM_WORKERS": "1", "WHISPER_CPU_THREADS": "2", "LOG_LEVEL": "INFO"}
@@ -50,37 +50,36 @@ class Proc:
                 self.kill9()
 
 
-def _spawn(args: list[str], env: dict[str, str], name: str) -> Proc:
+def _spawn(command: list[str], env: dict[str, str], name: str) -> Proc:
     full = {**os.environ, **LIGHT, **env}
     full.setdefault("LOG_DIR", str(REPO / "logs" / "tests"))
     log = Path(full["LOG_DIR"]) / f"{name}.out"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "stt_engine", *args], env=full, stdout=out,
-                                stderr=subprocess.STDOUT, cwd=str(REPO), start_new_session=True)
+        proc = subprocess.Popen(command, env=full, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO),
+                                start_new_session=True)
     return Proc(proc, log)
 
 
-def start_server(env: dict[str, str], timeout: float = 300) -> Proc:
-    """`stt-engine serve` on a free port, returned once /health/ready answers 200 (killable, unlike running_server)."""
+def start_server(env: dict[str, str], timeout: float = 300, engine: Engine = "real") -> Proc:
+    """`stt-engine serve` on a free port, returned once /health/ready answers 200 (killable, unlike running_server).
+    `engine="fake"`: on tests/fake_engine.py, for tests of the jobs machinery that do not look at the transcript."""
     port = free_port()
-    p = _spawn(["serve"], {"SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), **env}, f"jobs-server-{port}")
+    p = _spawn(serve_command(engine), {"SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), **env},
+               f"jobs-server-{port}")
     p.base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while True:
-        if p.proc.poll() is not None:
-            raise RuntimeError(f"server exited with {p.proc.returncode}: {p.tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(p.base + "/health/ready", timeout=2).status_code == 200:
-                return p
-        if time.monotonic() > deadline:
-            p.kill9()
-            raise RuntimeError(f"server not ready in {timeout}s: {p.tail()}")
-        time.sleep(0.25)
+    try:
+        wait_ready(p.base, p.proc, p.log, timeout)
+    except RuntimeError:
+        p.kill9()
+        raise
+    return p
 
 
 def start_worker(env: dict[str, str], timeout: float = 300) -> Proc:
-    p = _spawn(["worker"], env, f"jobs-worker-{free_port()}")
+    if os.environ.get(REAL_MODEL_OFF):
+        raise RuntimeError(f"{REAL_MODEL_OFF} is set (the no-model tier) but a test started a worker; mark it")
+    p = _spawn([sys.executable, "-m", "stt_engine", "worker"], env, f"jobs-worker-{free_port()}")
     deadline = time.monotonic() + timeout
     while "worker ready" not in p.log.read_text(errors="replace"):
         if p.proc.poll() is not None:

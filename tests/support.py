@@ -18,12 +18,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import pytest
 
 from stt_engine import textnorm
 from stt_engine.textnorm import normalize  # noqa: F401  (tests import it from here)
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_AUDIO = REPO.parent / "shared" / "audio"
@@ -96,9 +100,43 @@ class ServerURL(str):
     log_path: Path
 
 
+Engine = Literal["real", "fake"]
+REAL_MODEL_OFF = "STT_TESTS_NO_MODEL"  # set by `make test-fast`: starting a real-model server there is a test bug
+
+
+def serve_command(engine: Engine = "real") -> list[str]:
+    """`stt-engine serve`, or the same server on `tests.fake_engine.FakeEngine` (no model loaded)."""
+    if engine == "fake":
+        return [sys.executable, "-m", "tests.fake_engine", "serve"]
+    if os.environ.get(REAL_MODEL_OFF):
+        raise RuntimeError(f"{REAL_MODEL_OFF} is set (the no-model tier) but a test started a real-model server; "
+                           "mark it `model` (or `e2e`), or give it engine='fake'")
+    return [sys.executable, "-m", "stt_engine", "serve"]
+
+
+def wait_ready(base: str, proc: subprocess.Popen[bytes], log_path: Path, ready_timeout: float) -> None:
+    """Poll /health/ready until 200; fail with the log's tail when the process exits or the time runs out (a
+    generous bound on starting, not a speed check)."""
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(base + "/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server not ready in {ready_timeout}s: {log_path.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
-def running_server(env: dict[str, str] | None = None, ready_timeout: float = 120.0) -> Iterator[ServerURL]:
-    """Start `stt-engine serve` on a free loopback port with `env` added; yield its base URL; stop it (SIGTERM)."""
+def running_server(
+    env: dict[str, str] | None = None, ready_timeout: float = 300.0, engine: Engine = "real"
+) -> Iterator[ServerURL]:
+    """Start `stt-engine serve` on a free loopback port with `env` added; yield its base URL; stop it (SIGTERM).
+    Its own process: for tests that stop, signal or fill it. Others share one through `shared_server`."""
     port = free_port()
     full_env = {**os.environ, "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "LOG_LEVEL": "INFO"}
     full_env.setdefault("LOG_DIR", str(REPO / "logs" / "tests"))
@@ -107,24 +145,12 @@ def running_server(env: dict[str, str] | None = None, ready_timeout: float = 120
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stt_engine", "serve"], env=full_env, stdout=log_file, stderr=subprocess.STDOUT,
-            cwd=str(REPO),
+            serve_command(engine), env=full_env, stdout=log_file, stderr=subprocess.STDOUT, cwd=str(REPO),
         )
         base = ServerURL(f"http://127.0.0.1:{port}")
         base.pid, base.log_path = proc.pid, log_path
         try:
-            deadline = time.monotonic() + ready_timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
-                try:
-                    if httpx.get(base + "/health/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"server not ready in {ready_timeout}s: {log_path.read_text()[-3000:]}")
-                time.sleep(0.25)
+            wait_ready(base, proc, log_path, ready_timeout)
             yield base
         finally:
             if proc.poll() is None:
@@ -134,6 +160,45 @@ def running_server(env: dict[str, str] | None = None, ready_timeout: float = 120
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+_SHARED: dict[tuple[str, frozenset[tuple[str, str]]], ServerURL] = {}
+_SHARED_STACK = contextlib.ExitStack()
+
+
+def shared_server(env: dict[str, str] | None = None, engine: Engine = "real") -> ServerURL:
+    """A server with `env`, started once per test session and shared by every test asking for the same settings
+    (conftest stops them at the end). Only for tests that leave the server as they found it: no signals, no
+    settings changed, no state another test reads."""
+    key = (engine, frozenset((env or {}).items()))
+    if key not in _SHARED:
+        _SHARED[key] = _SHARED_STACK.enter_context(running_server(env, engine=engine))
+    return _SHARED[key]
+
+
+def stop_shared_servers() -> None:
+    _SHARED.clear()
+    _SHARED_STACK.close()
+
+
+@contextlib.contextmanager
+def app_client(tmp_path: Path, **settings: Any) -> Iterator[TestClient]:
+    """The app in-process on a `FakeEngine` (no model, no socket), through FastAPI's TestClient with the lifespan
+    run; `settings` are `Settings` fields. For tests of the HTTP layer that do not look at what was said."""
+    from fastapi.testclient import TestClient
+
+    from stt_engine.api.app import create_app
+    from stt_engine.config import Settings
+    from tests.fake_engine import FakeEngine
+
+    config = Settings(_env_file=None, **{"data_dir": tmp_path / "data", "log_dir": tmp_path / "logs", **settings})
+    with TestClient(create_app(config, engine=FakeEngine()), raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/health/ready").status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the in-process app did not become ready: " + client.get("/health").text)
+            time.sleep(0.01)
+        yield client
 
 
 def post_audio(base: str, route: str, path: Path, timeout: float = 300.0, **fields: str) -> httpx.Response:

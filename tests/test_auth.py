@@ -1,7 +1,8 @@
 """API keys: the OpenAI SDK with the right key works, a wrong or missing key gets 401 in the route's error shape,
 health and metrics stay open, keys never reach the logs. Also CORS: closed by default, open to configured origins.
 
-The server here also runs with LOG_TRANSCRIPTS=true: even when transcripts are logged, keys are not.
+The server here also runs with LOG_TRANSCRIPTS=true: even when transcripts are logged, keys are not. It is a real
+`serve` process (raw sockets, log files) on the stand-in engine: what is said does not matter here, so no model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.support import SHARED_AUDIO, normalize, running_server
+from tests.fake_engine import FAKE_TEXT
+from tests.support import SHARED_AUDIO, running_server
 
 KEYS = ("sk-test-first-0123456789", "sk-test-second-abcdefghij")
 WRONG = "sk-test-wrong-zzzzzzzzzz"
@@ -32,7 +34,7 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def secured(log_dir: Path) -> Iterator[str]:
     env = {"API_KEYS": ",".join(KEYS), "CORS_ORIGINS": ORIGIN, "LOG_TRANSCRIPTS": "true", "LOG_DIR": str(log_dir)}
-    with running_server(env) as base:
+    with running_server(env, engine="fake") as base:
         yield base
 
 
@@ -44,7 +46,7 @@ def sdk(base: str, key: str) -> OpenAI:
 def test_sdk_with_right_key(secured: str, key: str) -> None:
     with SHORT.open("rb") as handle:
         result = sdk(secured, key).audio.transcriptions.create(model="whisper-1", file=handle)
-    assert "one two three" in normalize(result.text, "en")
+    assert FAKE_TEXT in result.text
 
 
 def test_sdk_with_wrong_key_gets_401(secured: str) -> None:
@@ -135,14 +137,14 @@ def test_cors_other_origin_refused(secured: str) -> None:
     assert preflight.status_code == 400 and "access-control-allow-origin" not in preflight.headers
 
 
-def test_cors_closed_by_default(server: str) -> None:
-    response = httpx.get(server + "/health", headers={"Origin": ORIGIN})
+def test_cors_closed_by_default(fake_server: str) -> None:
+    response = httpx.get(fake_server + "/health", headers={"Origin": ORIGIN})
     assert "access-control-allow-origin" not in response.headers
     preflight = httpx.options(
-        server + "/v1/audio/transcriptions", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
+        fake_server + "/v1/audio/transcriptions", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
     )
     assert "access-control-allow-origin" not in preflight.headers
 
 
-def test_no_keys_means_open(server: str) -> None:
-    assert httpx.get(server + "/v1/models").status_code == 200
+def test_no_keys_means_open(fake_server: str) -> None:
+    assert httpx.get(fake_server + "/v1/models").status_code == 200

@@ -1,4 +1,7 @@
-"""Bad input gets a clear 4xx in the route's error shape, and the server answers the next good request."""
+"""Bad input gets a clear 4xx in the route's error shape, and the server answers the next good request.
+
+All of it is refused before decoding, so it runs in-process on the stand-in engine (`client`, no model).
+"""
 
 from __future__ import annotations
 
@@ -7,18 +10,23 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
-from tests.support import SHARED_AUDIO, post_audio
+from tests.support import SHARED_AUDIO
 
 JFK = SHARED_AUDIO / "en" / "jfk.flac"
 
 
-def _post(server: str, route: str, files: dict | None, data: dict | None = None) -> httpx.Response:
-    return httpx.post(server + route, files=files, data=data or {}, timeout=120)
+def _post(client: TestClient, route: str, files: dict | None, data: dict | None = None) -> httpx.Response:
+    return client.post(route, files=files, data=data or {})
 
 
-def _assert_next_good_request_works(server: str) -> None:
-    body = post_audio(server, "/transcribe", SHARED_AUDIO / "en" / "speech_recognition_english_123.wav").json()
+def post_audio(client: TestClient, route: str, path: Path, **fields: str) -> httpx.Response:
+    return _post(client, route, {"file": (path.name, path.read_bytes())}, fields)
+
+
+def _assert_next_good_request_works(client: TestClient) -> None:
+    body = post_audio(client, "/transcribe", SHARED_AUDIO / "en" / "speech_recognition_english_123.wav").json()
     assert body["success"] is True and body["text"]
 
 
@@ -38,37 +46,37 @@ CASES = {
 
 @pytest.mark.parametrize("route", ["/transcribe", "/v1/audio/transcriptions"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_files(server: str, tmp_path: Path, route: str, case: str) -> None:
+def test_bad_files(client: TestClient, tmp_path: Path, route: str, case: str) -> None:
     make, phrase, status = CASES[case]
     name, content = make(tmp_path)
-    response = _post(server, route, {"file": (name, io.BytesIO(content))})
+    response = _post(client, route, {"file": (name, io.BytesIO(content))})
     assert response.status_code == status, response.text
     body = response.json()
     if route == "/transcribe":
         assert body["success"] is False and phrase in body["error"]["message"].lower()
     else:
         assert phrase in body["error"]["message"].lower() and body["error"]["type"] == "invalid_request_error"
-    _assert_next_good_request_works(server)
+    _assert_next_good_request_works(client)
 
 
 @pytest.mark.parametrize("route", ["/transcribe", "/v1/audio/transcriptions"])
-def test_missing_file_field(server: str, route: str) -> None:
-    response = _post(server, route, None, {"language": "en"})
+def test_missing_file_field(client: TestClient, route: str) -> None:
+    response = _post(client, route, None, {"language": "en"})
     assert response.status_code == 400
     assert "'file' is required" in response.text
-    _assert_next_good_request_works(server)
+    _assert_next_good_request_works(client)
 
 
-def test_unknown_response_format(server: str) -> None:
-    response = post_audio(server, "/v1/audio/transcriptions", JFK, response_format="docx")
+def test_unknown_response_format(client: TestClient) -> None:
+    response = post_audio(client, "/v1/audio/transcriptions", JFK, response_format="docx")
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "response_format"
     assert "json, text, srt, vtt, verbose_json" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("route", ["/transcribe", "/v1/audio/transcriptions"])
-def test_invalid_language(server: str, route: str) -> None:
-    response = post_audio(server, route, JFK, language="xx")
+def test_invalid_language(client: TestClient, route: str) -> None:
+    response = post_audio(client, route, JFK, language="xx")
     assert response.status_code == 400
     assert "Unsupported language 'xx'" in response.text
-    _assert_next_good_request_works(server)
+    _assert_next_good_request_works(client)

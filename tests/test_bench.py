@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support import REPO, SHARED_AUDIO
 
 
@@ -18,6 +20,8 @@ def _bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]
                           timeout=timeout, cwd=REPO)
 
 
+@pytest.mark.e2e  # `bench` starts its own server and loads the library's model: conftest cannot see that
+@pytest.mark.model
 def test_bench_quick(tmp_path: Path) -> None:
     proc = _bench("--quick", "--audio-dir", str(SHARED_AUDIO), "--output-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -33,6 +33,7 @@ def _transcribe(out_dir: Path, *files: Path) -> list[dict]:
     return [json.loads((out_dir / f"{f.stem}.json").read_text()) for f in files]
 
 
+@pytest.mark.model  # `stt-engine transcribe` in a subprocess loads tiny.en: conftest cannot see that
 def test_english_only_model_transcribes_and_reports_english(tmp_path: Path) -> None:
     jfk, korean = _transcribe(tmp_path, SHARED_AUDIO / "en" / "jfk.flac", SHARED_AUDIO / "ko" / "picovoice_test_ko.wav")
     assert jfk["language"] == "en"

@@ -1,8 +1,9 @@
 """Fuzzing with schemathesis against the live server's own `/openapi.json`: no 5xx, no crash, and the server still
-transcribes correctly afterwards.
+transcribes afterwards. The server is a real `serve` process on the stand-in engine (`fake_server`): the generated
+requests test the HTTP layer (validation, error shapes), and none carries real speech, so no model is loaded.
 
-Bounded in time: at most `EXAMPLES` generated cases (valid and invalid data) per operation, and no new requests
-once `BUDGET_S` has passed, so the run stays around a minute on two cores.
+Bounded by count, not by time (a time budget made the case count, and so the pass, depend on the machine's load):
+`EXAMPLES` generated cases (valid and invalid data) per operation and mode.
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 
-from tests.support import SHARED_AUDIO, normalize, post_audio
+from tests.fake_engine import FAKE_TEXT
+from tests.support import SHARED_AUDIO, post_audio
 
-EXAMPLES = 250  # per operation and generation mode (valid data, invalid data)
-BUDGET_S = 75.0
+EXAMPLES = 40  # per operation and generation mode (valid data, invalid data)
 
 
 @pytest.mark.slow
-def test_fuzz_no_server_errors(server: str) -> None:
+def test_fuzz_no_server_errors(fake_server: str) -> None:
     """Every operation, with schema-valid and schema-violating data. (schemathesis' lazy pytest loader does not
     work with pytest 9, so the operations are driven through its Python API.)"""
-    schema = schemathesis.openapi.from_url(server + "/openapi.json")
+    schema = schemathesis.openapi.from_url(fake_server + "/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 6
     started = time.monotonic()
@@ -37,8 +38,6 @@ def test_fuzz_no_server_errors(server: str) -> None:
     unconfigured: list[str] = []
 
     def check(case: schemathesis.Case) -> None:
-        if time.monotonic() - started > BUDGET_S:
-            return  # budget spent: the remaining examples are no-ops
         response = case.call(timeout=60)
         if _llm_not_configured(case, response):
             unconfigured.append(case.path)  # the documented answer on a server without an LLM (the session's)
@@ -87,7 +86,7 @@ def _llm_not_configured(case: schemathesis.Case, response: object) -> bool:
 
 
 @pytest.mark.slow
-def test_server_healthy_after_fuzzing(server: str) -> None:
-    assert httpx.get(server + "/health/ready").status_code == 200
-    response = post_audio(server, "/transcribe", SHARED_AUDIO / "en" / "speech_recognition_english_123.wav")
-    assert response.status_code == 200 and "one two three" in normalize(response.json()["text"], "en")
+def test_server_healthy_after_fuzzing(fake_server: str) -> None:
+    assert httpx.get(fake_server + "/health/ready").status_code == 200
+    response = post_audio(fake_server, "/transcribe", SHARED_AUDIO / "en" / "speech_recognition_english_123.wav")
+    assert response.status_code == 200 and FAKE_TEXT in response.json()["text"]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from stt_engine import textnorm
 from stt_engine.textproc.numbers import kept_meaning, korean_number_spans
-from tests.support import clips, post_audio, running_server
+from tests.support import clips, post_audio
 
 
 def _spans(text: str) -> list[str]:
@@ -44,11 +43,12 @@ def test_a_writing_that_changes_the_meaning_is_refused() -> None:
 
 
 @pytest.fixture(scope="module")
-def itn_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def itn_cache(itn_cache_dir: Path) -> Path:
     pytest.importorskip("nemo_text_processing", reason="the [itn] extra is not installed")
-    return tmp_path_factory.mktemp("itn")
+    return itn_cache_dir
 
 
+@pytest.mark.slow  # compiling NeMo's Korean grammars takes about half a minute of CPU (once per session)
 def test_spoken_korean_numbers_are_written(itn_cache: Path) -> None:
     from stt_engine.textproc.numbers import normalize_text
 
@@ -69,12 +69,12 @@ def test_spoken_korean_numbers_are_written(itn_cache: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def itn_server(itn_cache: Path) -> Iterator[str]:
-    cache = itn_cache
-    with running_server({"NORMALIZE_CACHE_DIR": str(cache)}) as base:
-        yield base
+def itn_server(itn_cache: Path, server: str) -> str:
+    """The session's server: its NORMALIZE_CACHE_DIR is `itn_cache`, so the grammars are built once."""
+    return server
 
 
+@pytest.mark.slow  # the grammars, as above
 def test_spoken_references_become_written(itn_cache: Path) -> None:
     """The shared clips' spoken-form references as a transcript that speaks its numbers (what Korean models trained
     on spoken-form transcripts write): CER against the written-form reference falls (measured: summed over the 7
@@ -116,7 +116,7 @@ def test_asr_output_is_not_harmed_on_shared_korean_clips(itn_server: str) -> Non
     assert loss <= gain, (spoken, written, rows)
 
 
-def test_normalize_is_validated(itn_server: str) -> None:
+def test_normalize_is_validated(fake_server: str) -> None:
     c = clips("ko")[0]
-    r = post_audio(itn_server, "/v1/audio/transcriptions", c.path, normalize="roman")
+    r = post_audio(fake_server, "/v1/audio/transcriptions", c.path, normalize="roman")
     assert r.status_code == 400 and r.json()["error"]["param"] == "normalize"

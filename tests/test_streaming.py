@@ -36,6 +36,7 @@ def test_sdk_stream_gives_early_deltas_that_add_up(server: str) -> None:
 
     started = time.perf_counter()
     first_delta: float | None = None
+    done_at: float | None = None
     deltas: list[str] = []
     done = None
     with c.path.open("rb") as handle:
@@ -47,12 +48,13 @@ def test_sdk_stream_gives_early_deltas_that_add_up(server: str) -> None:
                 first_delta = first_delta or time.perf_counter() - started
                 deltas.append(event.delta)
             elif event.type == "transcript.text.done":
-                done = event.text
+                done, done_at = event.text, time.perf_counter() - started
     assert done is not None and len(deltas) >= 3, deltas
     assert "".join(deltas) == done == whole
     assert error_rate(done, c) < 0.1
-    # The first delta's time is a timing (bench/stream_bench.py measures it), not a pass/fail bound.
-    print(f"first delta after {first_delta:.2f} s; whole file {whole_seconds:.2f} s")
+    # how early is a benchmark's question (timings fail under load); here only that text came before the end
+    print(f"first delta after {first_delta:.2f} s; done after {done_at:.2f} s; whole file {whole_seconds:.2f} s")
+    assert first_delta is not None and done_at is not None and first_delta < done_at
 
 
 def test_stream_on_the_original_route_ends_with_the_original_body(server: str) -> None:
@@ -70,9 +72,9 @@ def test_stream_on_the_original_route_ends_with_the_original_body(server: str) -
     assert error_rate(done["text"], c) < 0.3
 
 
-def test_bad_input_is_refused_before_the_stream_starts(server: str) -> None:
+def test_bad_input_is_refused_before_the_stream_starts(fake_server: str) -> None:
     response = httpx.post(
-        server + "/v1/audio/transcriptions", files={"file": ("x.wav", b"not audio at all")},
+        fake_server + "/v1/audio/transcriptions", files={"file": ("x.wav", b"not audio at all")},
         data={"stream": "true"}, timeout=30,
     )
     assert response.status_code == 400 and response.json()["error"]["code"]
@@ -80,7 +82,10 @@ def test_bad_input_is_refused_before_the_stream_starts(server: str) -> None:
 
 @pytest.fixture(scope="module")
 def impatient_server() -> Iterator[str]:
-    with running_server({"REQUEST_TIMEOUT_BASE_S": "0.2", "REQUEST_TIMEOUT_RTF": "0.001"}) as base:
+    """Requests time out after about 0.2 s and each decode step takes 2 s: the stand-in engine, as what is said
+    does not matter here."""
+    env = {"REQUEST_TIMEOUT_BASE_S": "0.2", "REQUEST_TIMEOUT_RTF": "0.001", "FAKE_ENGINE_DECODE_S": "2"}
+    with running_server(env, engine="fake") as base:
         yield base
 
 

@@ -106,17 +106,18 @@ def complete_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize("fraction", [0.3, 0.6])
 @pytest.mark.parametrize("suffix", list(CONTAINERS))
 def test_truncated_file_is_refused(
-    server: str, tmp_path: Path, complete_files: dict[str, Path], suffix: str, fraction: float
+    fake_server: str, tmp_path: Path, complete_files: dict[str, Path], suffix: str, fraction: float
 ) -> None:
+    """Refused before decoding (on the stand-in engine: a cut file that got through would come back 200)."""
     data = complete_files[suffix].read_bytes()
     cut = tmp_path / f"cut.{suffix}"
     cut.write_bytes(data[: int(len(data) * fraction)])
-    response = post_audio(server, "/v1/audio/transcriptions", cut)
+    response = post_audio(fake_server, "/v1/audio/transcriptions", cut)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "truncated_audio", response.text
 
 
-def test_wav_shorter_than_its_header_is_refused(server: str, tmp_path: Path) -> None:
+def test_wav_shorter_than_its_header_is_refused(fake_server: str, tmp_path: Path) -> None:
     """The header declares 4.1 s, the file holds 2.3 s."""
     with wave.open(str(SHARED_AUDIO / SPEECH)) as source:
         rate = source.getframerate()
@@ -129,7 +130,7 @@ def test_wav_shorter_than_its_header_is_refused(server: str, tmp_path: Path) -> 
         out.writeframes(pcm)
     data = path.read_bytes()
     path.write_bytes(data[: 44 + int(2.3 * rate) * 2])
-    response = post_audio(server, "/transcribe", path)
+    response = post_audio(fake_server, "/transcribe", path)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "truncated_audio", response.text
 

@@ -127,18 +127,19 @@ def _parse_srt(text: str) -> list[tuple[float, float, str]]:
 
 
 # --- serving ---------------------------------------------------------------------------------------------------
-def test_root_serves_the_page_to_browsers_and_json_to_clients(server: str) -> None:
-    page = httpx.get(server + "/", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+def test_root_serves_the_page_to_browsers_and_json_to_clients(fake_server: str) -> None:
+    """The page and its assets, not a transcript: on the stand-in engine (no model)."""
+    page = httpx.get(fake_server + "/", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert re.findall(r'(?:src|href)="(https?:)?//', page.text) == []  # nothing from another host
     for asset in ("app.js", "app.css", "pcm-worklet.js"):
-        response = httpx.get(f"{server}/web/{asset}")
+        response = httpx.get(f"{fake_server}/web/{asset}")
         assert response.status_code == 200
         assert re.findall(r"(?:https?|wss?):\/\/[A-Za-z0-9]", response.text) == [], asset  # no URL with a host in it
-    plain = httpx.get(server + "/")  # curl, probes, scripts: the signpost JSON as before
+    plain = httpx.get(fake_server + "/")  # curl, probes, scripts: the signpost JSON as before
     assert plain.json()["service"] == "stt-engine" and plain.json()["docs"] == "/docs"
-    assert httpx.get(server + "/web/../pyproject.toml").status_code == 404
+    assert httpx.get(fake_server + "/web/../pyproject.toml").status_code == 404
 
 
 def test_tls_files_reach_uvicorn(tmp_path: Path) -> None:

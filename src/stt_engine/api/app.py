@@ -30,6 +30,7 @@ from stt_engine.api.web import install_web
 from stt_engine.audio import SAMPLE_RATE, DecodedAudio
 from stt_engine.config import Settings, get_settings
 from stt_engine.engine import Engine
+from stt_engine.engine.protocol import SpeechEngine
 from stt_engine.errors import STTError
 from stt_engine.jobs.service import start_jobs, stop_jobs
 from stt_engine.memory import MemoryReclaimer
@@ -57,7 +58,7 @@ async def warm_up(scheduler: Scheduler) -> None:
     )
 
 
-def build_scheduler(engine: Engine, settings: Settings, metrics: Metrics | None = None) -> Scheduler:
+def build_scheduler(engine: SpeechEngine, settings: Settings, metrics: Metrics | None = None) -> Scheduler:
     return Scheduler(
         engine,
         batch_wait_ms=settings.whisper_batch_wait_ms,
@@ -69,15 +70,18 @@ def build_scheduler(engine: Engine, settings: Settings, metrics: Metrics | None 
     )
 
 
-def create_app(settings: Settings | None = None, *, model: ResolvedModel | None = None) -> FastAPI:
-    """Build the app; `model` is an already resolved (and verified) model folder, found again when omitted."""
+def create_app(
+    settings: Settings | None = None, *, model: ResolvedModel | None = None, engine: SpeechEngine | None = None
+) -> FastAPI:
+    """Build the app; `model` is an already resolved (and verified) model folder, found again when omitted.
+    `engine`: an engine already loaded (or a stand-in, for tests of the HTTP layer), used instead of loading one."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.postprocessor = PostProcessor.from_settings(settings)
         app.state.decoders = decoder.start(settings)  # uploads are parsed only in these child processes
-        loader = asyncio.ensure_future(_load(app, settings, model))
+        loader = asyncio.ensure_future(_load(app, settings, model, engine))
         app.state.jobs = await start_jobs(app, settings)
         try:
             yield
@@ -176,11 +180,11 @@ def install_docs(app: FastAPI, settings: Settings) -> None:
     app.openapi = openapi_with_bearer  # type: ignore[method-assign]
 
 
-async def _load(app: FastAPI, settings: Settings, model: ResolvedModel | None) -> None:
+async def _load(app: FastAPI, settings: Settings, model: ResolvedModel | None, given: SpeechEngine | None) -> None:
     metrics: Metrics = app.state.metrics
     try:
         started = time.perf_counter()
-        engine = await run_in_threadpool(load_engine, settings, model)
+        engine = given if given is not None else await run_in_threadpool(load_engine, settings, model)
         metrics.model_load_seconds.set(time.perf_counter() - started)
         app.state.scheduler = build_scheduler(engine, settings, metrics)
         app.state.engine = engine
