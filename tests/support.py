@@ -8,22 +8,20 @@ clip only the full set has is skipped, with the clip's name as the reason, when 
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import pytest
 
-from stt_engine import textnorm
+from stt_engine.benchmark.clips import Clip, read_manifest
+from stt_engine.benchmark.server import free_port, wait_ready  # noqa: F401  (tests import them from here)
 from stt_engine.textnorm import normalize  # noqa: F401  (tests import it from here)
 
 if TYPE_CHECKING:
@@ -38,27 +36,9 @@ NO_FULL_AUDIO = "needs the full test audio at ../shared/audio (CI has it); a pla
 needs_full_audio = pytest.mark.skipif(not HAVE_FULL_AUDIO, reason=NO_FULL_AUDIO)
 
 
-@dataclass(frozen=True)
-class Clip:
-    file: str
-    language: str
-    duration: float
-    reference: str
-    reference_alt: str
-
-    @property
-    def path(self) -> Path:
-        return SHARED_AUDIO / self.file
-
-
 def clips(language: str | None = None) -> list[Clip]:
-    with (SHARED_AUDIO / "manifest.tsv").open(encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    out = [
-        Clip(r["file"], r["language"], float(r["duration_seconds"]), r["reference"] or "", r["reference_alt"] or "")
-        for r in rows
-    ]
-    return [c for c in out if language is None or c.language == language]
+    """The manifest's clips (the benchmark's reader), of one language or all."""
+    return [c for c in read_manifest(SHARED_AUDIO) if language is None or c.language == language]
 
 
 def clip(file: str) -> Clip:
@@ -84,13 +64,7 @@ def missing_clip(error: BaseException) -> str | None:
 
 def error_rate(hypothesis: str, c: Clip) -> float:
     """WER (space-separated languages) or CER (ko, zh, ja), best of reference and reference_alt."""
-    return textnorm.error_rate(hypothesis, (c.reference, c.reference_alt), c.language)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return c.error_rate(hypothesis)
 
 
 class ServerURL(str):
@@ -112,23 +86,6 @@ def serve_command(engine: Engine = "real") -> list[str]:
         raise RuntimeError(f"{REAL_MODEL_OFF} is set (the no-model tier) but a test started a real-model server; "
                            "mark it `model` (or `e2e`), or give it engine='fake'")
     return [sys.executable, "-m", "stt_engine", "serve"]
-
-
-def wait_ready(base: str, proc: subprocess.Popen[bytes], log_path: Path, ready_timeout: float) -> None:
-    """Poll /health/ready until 200; fail with the log's tail when the process exits or the time runs out (a
-    generous bound on starting, not a speed check)."""
-    deadline = time.monotonic() + ready_timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(base + "/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"server not ready in {ready_timeout}s: {log_path.read_text()[-3000:]}")
-        time.sleep(0.1)
 
 
 @contextlib.contextmanager

@@ -27,6 +27,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_ready(base: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
+    """Poll /health/ready until 200; fail with the console's tail when the process exits or `timeout` runs out (a
+    generous bound on starting, not a speed check). The benchmark and the tests start servers through this."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} during start-up:\n{_tail(log_path)}")
+        try:
+            if httpx.get(base + "/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server was not ready in {timeout:.0f} s:\n{_tail(log_path)}")
+        time.sleep(0.1)
+
+
+def _tail(log_path: Path, chars: int = 3000) -> str:
+    try:
+        return log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
 class RssSampler:
     """Peak resident memory of one process, sampled every 50 ms in a background thread."""
 
@@ -90,18 +114,7 @@ class ServerProcess:
             raise
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode} during start-up:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.base + "/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server was not ready in {timeout:.0f} s:\n{self.log_tail()}")
-            time.sleep(0.2)
+        wait_ready(self.base, self.proc, self.log_path, timeout)
 
     @property
     def rss(self) -> RssSampler:
@@ -111,10 +124,7 @@ class ServerProcess:
         return self._rss
 
     def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return _tail(self.log_path, chars)
 
     def transcribe(self, path: Path, payload: bytes | None = None, language: str | None = None,
                    **fields: str) -> str:

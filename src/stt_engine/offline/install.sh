@@ -72,28 +72,27 @@ print(list(a.__path__)[0] + ":" + list(b.__path__)[0])')"
     LIBRARY_PATH_LINE="export LD_LIBRARY_PATH=\"$LIBS\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}\""
 fi
 
+# A model folder of the bundle, copied into PREFIX (when installing elsewhere) and verified against its manifest.
+install_model() {  # $1: the folder under models/, $2: what it is, for the messages
+    if [ "$PREFIX" != "$HERE" ]; then
+        echo "==> Copying $2 to $PREFIX/models/$1"
+        mkdir -p "$PREFIX/models"
+        rm -rf "${PREFIX:?}/models/$1"
+        cp -R "$HERE/models/$1" "$PREFIX/models/$1"
+    fi
+    echo "==> Verifying $2 against its manifest"
+    "$PREFIX/venv/bin/stt-engine" models verify "$PREFIX/models/$1"
+}
+
 MODEL_PATH=""
 if [ -n "$MODEL_NAME" ]; then
-    if [ "$PREFIX" != "$HERE" ]; then
-        echo "==> Copying the model to $PREFIX/models/$MODEL_NAME"
-        mkdir -p "$PREFIX/models"
-        rm -rf "${PREFIX:?}/models/$MODEL_NAME"
-        cp -R "$HERE/models/$MODEL_NAME" "$PREFIX/models/$MODEL_NAME"
-    fi
+    install_model "$MODEL_NAME" "the model"
     MODEL_PATH="$PREFIX/models/$MODEL_NAME"
-    echo "==> Verifying the model against its manifest"
-    "$PREFIX/venv/bin/stt-engine" models verify "$MODEL_PATH"
 fi
 SPEAKER_MODEL_PATH=""
 if [ -d "$HERE/models/campplus-cn-en-common" ]; then
-    if [ "$PREFIX" != "$HERE" ]; then
-        echo "==> Copying the speaker model (diarization) to $PREFIX/models/campplus-cn-en-common"
-        mkdir -p "$PREFIX/models"
-        rm -rf "${PREFIX:?}/models/campplus-cn-en-common"
-        cp -R "$HERE/models/campplus-cn-en-common" "$PREFIX/models/campplus-cn-en-common"
-    fi
+    install_model campplus-cn-en-common "the speaker model (diarization)"
     SPEAKER_MODEL_PATH="$PREFIX/models/campplus-cn-en-common"
-    "$PREFIX/venv/bin/stt-engine" models verify "$SPEAKER_MODEL_PATH"
 fi
 mkdir -p "$PREFIX/logs" "$PREFIX/audio"
 
