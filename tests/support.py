@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -90,10 +91,12 @@ def serve_command(engine: Engine = "real") -> list[str]:
 
 @contextlib.contextmanager
 def running_server(
-    env: dict[str, str] | None = None, ready_timeout: float = 300.0, engine: Engine = "real"
+    env: dict[str, str] | None = None, ready_timeout: float = 300.0, engine: Engine = "real",
+    open_files: int | None = None,
 ) -> Iterator[ServerURL]:
     """Start `stt-engine serve` on a free loopback port with `env` added; yield its base URL; stop it (SIGTERM).
-    Its own process: for tests that stop, signal or fill it. Others share one through `shared_server`."""
+    Its own process: for tests that stop, signal or fill it. Others share one through `shared_server`.
+    `open_files` sets its soft and hard RLIMIT_NOFILE, as `ulimit -n` would."""
     port = free_port()
     full_env = {**os.environ, "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "LOG_LEVEL": "INFO"}
     full_env.setdefault("LOG_DIR", str(REPO / "logs" / "tests"))
@@ -103,6 +106,7 @@ def running_server(
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             serve_command(engine), env=full_env, stdout=log_file, stderr=subprocess.STDOUT, cwd=str(REPO),
+            preexec_fn=None if open_files is None else lambda: _limit_open_files(open_files),
         )
         base = ServerURL(f"http://127.0.0.1:{port}")
         base.pid, base.log_path = proc.pid, log_path
@@ -117,6 +121,10 @@ def running_server(
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+def _limit_open_files(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
 
 _SHARED: dict[tuple[str, frozenset[tuple[str, str]]], ServerURL] = {}

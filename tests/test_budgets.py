@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,7 +27,7 @@ from stt_engine.api.server import FDS_PER_CONNECTION, descriptor_budget, reserve
 from stt_engine.config import Settings
 from stt_engine.errors import descriptors_exhausted
 from stt_engine.memory import MemoryReclaimer, release_memory, rss_bytes, should_trim
-from tests.support import REPO, ServerURL, clip, error_rate, free_port, post_audio, rss_mb, running_server
+from tests.support import clip, error_rate, post_audio, rss_mb, running_server
 
 ROUTE = "/v1/audio/transcriptions"
 NOFILE = 256
@@ -61,43 +57,7 @@ def test_descriptor_exhaustion_is_recognised_through_wrapping() -> None:
     assert not descriptors_exhausted(FileNotFoundError(2, "No such file")) and not descriptors_exhausted(None)
 
 
-# --- a server under a low open-file limit ---------------------------------------------------------------------
-@contextlib.contextmanager
-def server_with_nofile(limit: int, env: dict[str, str]) -> Iterator[ServerURL]:
-    """`stt-engine serve` whose soft and hard RLIMIT_NOFILE are `limit` (as under `ulimit -n`), on a loopback port."""
-    port = free_port()
-    full_env = {**os.environ, "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), **env}
-    full_env.setdefault("LOG_DIR", str(REPO / "logs" / "tests"))
-    log_path = Path(full_env["LOG_DIR"]) / f"server-{port}.out"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-
-    def lower_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "stt_engine", "serve"], env=full_env, stdout=log_file,
-                                stderr=subprocess.STDOUT, cwd=str(REPO), preexec_fn=lower_limit)
-        base = ServerURL(f"http://127.0.0.1:{port}")
-        base.pid, base.log_path = proc.pid, log_path
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                assert proc.poll() is None, log_path.read_text()[-3000:]
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(base + "/health/ready", timeout=2).status_code == 200:
-                        break
-                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-                time.sleep(0.25)
-            yield base
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
+# --- a server under a low open-file limit (`running_server(open_files=...)`) ----------------------------------
 def _metric(base: str, name: str) -> float:
     for line in httpx.get(base + "/metrics", timeout=30).text.splitlines():
         if line.startswith(name + " "):
@@ -108,7 +68,7 @@ def _metric(base: str, name: str) -> float:
 def test_slow_connections_under_a_low_open_file_limit_never_make_uploads_fail() -> None:
     jfk = clip("en/jfk.flac")
     env = {"SERVER_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S), "LOG_LEVEL": "INFO"}
-    with server_with_nofile(NOFILE, env) as base:
+    with running_server(env, open_files=NOFILE) as base:
         cap = _metric(base, "stt_connection_limit")
         expected = descriptor_budget(NOFILE, Settings(_env_file=None)).max_connections
         assert cap == expected, (cap, expected)
