@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import statistics
 import sys
@@ -25,20 +24,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from stt_engine.benchmark.clips import read_manifest
+
 ROOT = Path(__file__).resolve().parents[1]
 BEAM_SIZE = 5
 CLIENTS = 8
 
 
 def _clips(audio_dir: Path, languages: tuple[str, ...]) -> list[tuple[Path, str, float]]:
-    with (audio_dir / "manifest.tsv").open(encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    out = []
-    for row in rows:
-        seconds = float(row["duration_seconds"] or 0)
-        if row["language"] in languages and 2.0 <= seconds <= 12.0 and (audio_dir / row["file"]).is_file():
-            out.append((audio_dir / row["file"], row["language"], seconds))
-    return out
+    return [(c.path, c.language, c.duration) for c in read_manifest(audio_dir)
+            if c.language in languages and 2.0 <= c.duration <= 12.0 and c.path.is_file()]
 
 
 async def _through_scheduler(scheduler: Any, options_for: Callable[[str], Any], decode: Callable[..., Any],

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import os
 import shutil
@@ -42,7 +41,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from stt_engine.bench import ServerProcess, default_audio_dir  # noqa: E402
+from stt_engine.benchmark.clips import default_audio_dir, read_manifest  # noqa: E402
+from stt_engine.benchmark.server import ServerProcess  # noqa: E402
 
 SAMPLE_RATE = 16000
 LONG_CLIP = "ko/ett_longform_lmy_concat.wav"
@@ -53,8 +53,7 @@ UPLOAD_SECONDS = 300.0
 
 
 def _languages(audio_dir: Path) -> dict[str, str]:
-    with (audio_dir / "manifest.tsv").open(encoding="utf-8") as handle:
-        return {row["file"]: row["language"] for row in csv.DictReader(handle, delimiter="\t")}
+    return {c.file: c.language for c in read_manifest(audio_dir)}
 
 
 def five_minute_file(audio_dir: Path, folder: Path) -> Path:
