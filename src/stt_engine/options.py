@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Literal
 
 from stt_engine.config import Settings
 from stt_engine.errors import InvalidRequest, quote
 from stt_engine.openai_fields import VadParameters
-
-Task = Literal["transcribe", "translate"]
+from stt_engine.types import Task
 
 # faster-whisper's default schedule: decode at 0, and raise the temperature while a decode looks broken.
 DEFAULT_TEMPERATURES: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
