@@ -19,12 +19,11 @@ from collections.abc import Hashable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from faster_whisper.transcribe import Segment, Word
-
 from stt_engine.audio import DecodedAudio
-from stt_engine.engine.job import Job, Stream, Transcript
+from stt_engine.engine.job import Job, Stream
 from stt_engine.models import ResolvedModel
 from stt_engine.options import TranscribeOptions
+from stt_engine.types import Segment, Transcript, Word
 
 FAKE_TEXT = "The stand-in engine heard this."
 SEGMENT_S = 5.0  # one segment per this much audio, so subtitles have several cues

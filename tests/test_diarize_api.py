@@ -18,13 +18,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from faster_whisper.transcribe import Segment, Word
 
 from stt_engine.api.schemas import DiarizationResponse, TranscribeResponse, TranscriptionDiarized
 from stt_engine.audio import SAMPLE_RATE, decode
 from stt_engine.diarize import SpeakerTurn
-from stt_engine.engine import Transcript
 from stt_engine.speakers import SpeakerAssigner, parse_request
+from stt_engine.types import Segment, Transcript, Word
 from tests.support import clip, post_audio, running_server
 
 THREE = "en/picovoice_diarization_test_3spk.wav"  # turns: "and so it begins" | "...crocodile..." | "ladies and..."

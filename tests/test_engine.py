@@ -10,12 +10,13 @@ import pytest
 
 from stt_engine.audio import SAMPLE_RATE, decode
 from stt_engine.config import Settings
-from stt_engine.engine import Engine, Transcript
+from stt_engine.engine import Engine
 from stt_engine.engine import decode as decode_step
 from stt_engine.engine.decode import Attempt, choose
 from stt_engine.engine.prepare import plan_sections, quietest_point
 from stt_engine.models import resolve_model
 from stt_engine.options import TranscribeOptions
+from stt_engine.types import Transcript
 from tests.support import SHARED_AUDIO, clip, error_rate
 
 LONG_EN = "en/en_longform_librispeech_librivox_concat.wav"

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from faster_whisper.transcribe import Segment
 
-from stt_engine.engine import Transcript
 from stt_engine.textproc.hallucination import collapse_loops, compact, filter_transcript, load_phrases
+from stt_engine.types import Segment, Transcript
 from tests.support import SHARED_AUDIO, clip, error_rate, post_audio, running_server
 
 

@@ -12,10 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stt_engine.channels import SpeakerSegment
 from stt_engine.jobs.models import Job, transcript_from_dict, transcript_to_dict
 from stt_engine.jobs.store import SQLiteJobStore
-from stt_engine.textproc import ProcessedTranscript
+from stt_engine.types import ProcessedTranscript, SpeakerSegment
 from tests.jobs_support import Proc, RedisServer, start_server, submit, wait_status
 from tests.support import clip, error_rate, post_audio, running_server
 
@@ -192,10 +191,7 @@ def test_a_record_from_before_loads_and_runs_as_it_did() -> None:
 
 
 def test_stored_transcript_keeps_speakers_and_the_report() -> None:
-    from faster_whisper.transcribe import Segment
-
-    from stt_engine.engine import Transcript
-    from stt_engine.textproc.hallucination import DroppedSegment
+    from stt_engine.types import DroppedSegment, Segment, Transcript
 
     fields = dict(id=0, seek=0, start=0.0, end=1.0, text=" 네", tokens=[1], avg_logprob=-0.1, compression_ratio=1.0,
                   no_speech_prob=0.0, temperature=0.0, words=None)

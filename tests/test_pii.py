@@ -173,11 +173,9 @@ def test_route_masks_every_format_the_log_and_the_llm_input(tmp_path) -> None:
 
 def test_a_number_read_over_two_segments_is_masked_in_every_segment() -> None:
     """The text is masked whole; its segments (srt, vtt, diarized_json) and words must not show the pieces."""
-    from faster_whisper.transcribe import Segment, Word
-
     from stt_engine.config import Settings
-    from stt_engine.engine import Transcript
     from stt_engine.textproc import finish_transcript, text_options
+    from stt_engine.types import Segment, Transcript, Word
 
     def seg(i: int, text: str, words: list[str]) -> Segment:
         return Segment(id=i, seek=0, start=float(i), end=i + 1.0, text=text, tokens=[], avg_logprob=-0.2,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from stt_engine.audio import SAMPLE_RATE, DecodedAudio
-from stt_engine.engine import Job, Stream, Transcript
+from stt_engine.engine import Job, Stream
 from stt_engine.engine.job import HOP
 from stt_engine.errors import RequestTimeout, ShuttingDown, TranscriptionFailed
 from stt_engine.options import TranscribeOptions
@@ -38,6 +38,7 @@ from stt_engine.scheduler.policy import (
     slot_rank,
 )
 from stt_engine.scheduler.slots import RankedPool, RankedSlots
+from stt_engine.types import Transcript
 
 EN = TranscribeOptions(language="en")
 

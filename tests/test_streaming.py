@@ -9,14 +9,12 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from faster_whisper.transcribe import Segment
 from openai import OpenAI
 
 from stt_engine.config import Settings
-from stt_engine.engine import Transcript
-from stt_engine.engine.assemble import join_segments
 from stt_engine.textproc import finish_transcript, text_options
 from stt_engine.textproc.streaming import TextStream
+from stt_engine.types import Segment, Transcript, join_segments
 from tests.support import SHARED_AUDIO, clip, error_rate, post_audio, running_server
 
 LONG_EN = "en/en_longform_librispeech_librivox_concat.wav"

@@ -15,25 +15,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
-from faster_whisper.transcribe import Segment
 
 from stt_engine.audio import DecodedAudio
-from stt_engine.engine import Transcript
-from stt_engine.engine.assemble import join_segments
 from stt_engine.options import TranscribeOptions
+from stt_engine.types import Segment, SpeakerSegment, Transcript, join_segments
 
 log = logging.getLogger(__name__)
 
 SILENT_RMS = 1e-4  # about -80 dBFS: digital silence or a muted line
 IDENTICAL_RESIDUAL = 0.01  # energy of the difference relative to the signal's: copies, maybe re-encoded
-
-
-@dataclass
-class SpeakerSegment(Segment):
-    """A faster-whisper segment with the channel it was heard on and that channel's speaker."""
-
-    speaker: str | None = None
-    channel: int | None = None
 
 
 def is_silent(samples: np.ndarray) -> bool:

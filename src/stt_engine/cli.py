@@ -116,17 +116,16 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     import asyncio
 
     from stt_engine.decoder import decode
-    from stt_engine.engine import Engine
     from stt_engine.formats import ResponseFormat, render
-    from stt_engine.models import resolve_model
     from stt_engine.options import build_options
+    from stt_engine.runtime import load_engine
     from stt_engine.scheduler import Scheduler
     from stt_engine.textproc import finish_transcript
 
     settings = get_settings()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        engine = Engine(resolve_model(settings), settings)
+        engine = load_engine(settings)
         options = build_options(
             settings, engine.supported_languages, language=args.language, task=args.task, prompt=args.prompt,
             word_timestamps=args.word_timestamps, beam_size=args.beam_size,

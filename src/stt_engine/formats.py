@@ -10,7 +10,7 @@ from typing import Any
 
 from faster_whisper.utils import format_timestamp
 
-from stt_engine.engine import Transcript
+from stt_engine.types import Transcript
 
 
 class ResponseFormat(str, Enum):

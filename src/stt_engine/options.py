@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Literal
 
 from stt_engine.config import Settings
 from stt_engine.errors import InvalidRequest, quote
 from stt_engine.openai_fields import VadParameters
-
-Task = Literal["transcribe", "translate"]
+from stt_engine.textproc.vocabulary import load_vocabulary, merge_hotwords
+from stt_engine.types import Task
 
 # faster-whisper's default schedule: decode at 0, and raise the temperature while a decode looks broken.
 DEFAULT_TEMPERATURES: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -95,8 +94,6 @@ def build_options(
     if task not in ("transcribe", "translate"):
         raise InvalidRequest(f"task must be 'transcribe' or 'translate', not {quote(task)}.", param="task")
     if settings.vocabulary_file:  # the team's terms come first; the request's own hotwords add to them
-        from stt_engine.textproc.vocabulary import load_vocabulary, merge_hotwords
-
         hotwords = merge_hotwords(load_vocabulary(settings.vocabulary_file), hotwords)
     if beam_size is not None and not 1 <= beam_size <= 20:
         raise InvalidRequest("beam_size must be between 1 and 20.", param="beam_size")

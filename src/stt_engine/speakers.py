@@ -28,13 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-from faster_whisper.transcribe import Segment
 
-from stt_engine.channels import SpeakerSegment
 from stt_engine.config import Settings
-from stt_engine.engine import Transcript
-from stt_engine.engine.assemble import tidy_text
 from stt_engine.errors import InvalidRequest, STTError, quote
+from stt_engine.types import Segment, SpeakerSegment, Transcript, tidy_text
 
 T = TypeVar("T")
 MAX_KNOWN_SPEAKERS = 4  # as OpenAI's API

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import numpy as np
 import swagger_ui_bundle
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
@@ -27,47 +26,20 @@ from stt_engine.api.realtime_routes import router as realtime_router
 from stt_engine.api.routes import router
 from stt_engine.api.security import install_security
 from stt_engine.api.web import install_web
-from stt_engine.audio import SAMPLE_RATE, DecodedAudio
 from stt_engine.config import Settings, get_settings
-from stt_engine.engine import Engine
 from stt_engine.engine.protocol import SpeechEngine
 from stt_engine.errors import STTError
 from stt_engine.jobs.service import start_jobs, stop_jobs
 from stt_engine.memory import MemoryReclaimer
 from stt_engine.metrics import Metrics
-from stt_engine.models import ResolvedModel, resolve_model
-from stt_engine.options import TranscribeOptions
+from stt_engine.models import ResolvedModel
 from stt_engine.postprocess.service import PostProcessor
-from stt_engine.scheduler import Priority, Scheduler
+from stt_engine.runtime import build_scheduler, load_engine, warm_up
+from stt_engine.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
-
-def load_engine(settings: Settings, model: ResolvedModel | None = None) -> Engine:
-    """Resolve and verify the model unless given, then load it (blocking: seconds for base, more for large)."""
-    return Engine(model or resolve_model(settings), settings)
-
-
-async def warm_up(scheduler: Scheduler) -> None:
-    """One real decode of a second of quiet noise through the request path, so the first user request doesn't
-    pay for lazy initialisation."""
-    noise = (np.random.default_rng(0).standard_normal(SAMPLE_RATE) * 0.01).astype(np.float32)
-    options = TranscribeOptions(language="en", vad_filter=False, temperatures=(0.0,))
-    await scheduler.transcribe(
-        DecodedAudio(noise, "warmup", SAMPLE_RATE, 1), options, priority=Priority.LIVE, exclusive=True, timed=False
-    )
-
-
-def build_scheduler(engine: SpeechEngine, settings: Settings, metrics: Metrics | None = None) -> Scheduler:
-    return Scheduler(
-        engine,
-        batch_wait_ms=settings.whisper_batch_wait_ms,
-        max_queued_requests=settings.max_queued_requests,
-        max_queue_seconds=settings.max_queue_seconds,
-        timeout_base_s=settings.request_timeout_base_s,
-        timeout_rtf=settings.request_timeout_rtf,
-        on_batch=metrics.observe_batch if metrics is not None else None,
-    )
+__all__ = ["build_scheduler", "create_app", "install_docs", "load_engine", "warm_up"]  # start-up glue: runtime
 
 
 def create_app(

@@ -22,12 +22,13 @@ from stt_engine.api.errors import error_body
 from stt_engine.api.security import api_key_matches
 from stt_engine.audio import SAMPLE_RATE, DecodedAudio
 from stt_engine.config import Settings
-from stt_engine.engine import TranscribeOptions, Transcript
 from stt_engine.errors import Unauthorized
 from stt_engine.jobs.models import owner_of
+from stt_engine.options import TranscribeOptions
 from stt_engine.realtime.protocol import error_event
 from stt_engine.realtime.session import RealtimeSession
 from stt_engine.scheduler import Priority, Scheduler
+from stt_engine.types import Transcript
 
 log = logging.getLogger(__name__)
 router = APIRouter()

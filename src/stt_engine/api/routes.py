@@ -18,7 +18,6 @@ from stt_engine.api.schemas import (
 from stt_engine.api.security import is_authenticated
 from stt_engine.api.transcription import stream_upload, transcribe_upload
 from stt_engine.api.web import web_page
-from stt_engine.engine import Transcript
 from stt_engine.errors import InvalidRequest, NotReady, STTError, quote
 from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render, text_report
 from stt_engine.metrics import CONTENT_TYPE
@@ -26,6 +25,7 @@ from stt_engine.openai_fields import RequestFields, merge_keywords, transcript_l
 from stt_engine.options import build_options
 from stt_engine.speakers import DiarizeRequest, parse_request, speakers_of
 from stt_engine.textproc import text_options
+from stt_engine.types import Transcript
 
 router = APIRouter()
 

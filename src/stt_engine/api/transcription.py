@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 from fastapi import Request, UploadFile
 from fastapi.responses import StreamingResponse
-from faster_whisper.transcribe import Segment
 from starlette.concurrency import run_in_threadpool
 
 from stt_engine import channels as channels_mod
@@ -31,7 +30,6 @@ from stt_engine import speakers as speakers_mod
 from stt_engine.api.errors import error_body
 from stt_engine.audio import DecodedAudio
 from stt_engine.config import Settings
-from stt_engine.engine import Transcript
 from stt_engine.errors import InvalidRequest, NotReady, PayloadTooLarge, STTError
 from stt_engine.formats import to_diarized_json
 from stt_engine.memory import release_memory
@@ -42,6 +40,7 @@ from stt_engine.scheduler.slots import RankedSlots
 from stt_engine.textproc import TextOptions, finish_transcript
 from stt_engine.textproc.streaming import TextStream
 from stt_engine.textproc.vocabulary import load_vocabulary
+from stt_engine.types import Segment, Transcript
 
 log = logging.getLogger(__name__)
 

@@ -20,16 +20,16 @@ from dataclasses import replace
 import ctranslate2
 from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
-from faster_whisper.transcribe import Segment
 
 from stt_engine.audio import DecodedAudio
 from stt_engine.config import Settings
-from stt_engine.engine.assemble import final_segments, join_segments, segment_separator, tidy_text, transcript
+from stt_engine.engine.assemble import final_segments, transcript
 from stt_engine.engine.decode import WindowDecoder
-from stt_engine.engine.job import Job, Stream, Transcript
+from stt_engine.engine.job import Job, Stream
 from stt_engine.engine.prepare import prepare
 from stt_engine.models import ResolvedModel
 from stt_engine.options import DEFAULT_TEMPERATURES, TranscribeOptions
+from stt_engine.types import Segment, Transcript, join_segments, segment_separator, tidy_text
 
 __all__ = [
     "DEFAULT_TEMPERATURES", "Engine", "Job", "Segment", "Stream", "TranscribeOptions", "Transcript",

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from faster_whisper.transcribe import Segment, Word
 from faster_whisper.vad import SpeechTimestampsMap
 
 from stt_engine.audio import SAMPLE_RATE
-from stt_engine.engine.job import Job, Transcript
-
-NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "yue"})
+from stt_engine.engine.job import Job
+from stt_engine.types import Segment, Transcript, Word
+from stt_engine.types import join_segments as join_segments  # its home before stt_engine.types
+from stt_engine.types import segment_separator as segment_separator
+from stt_engine.types import tidy_text as tidy_text
 
 
 @dataclass
@@ -85,17 +86,3 @@ def transcript(job: Job) -> Transcript:
         segments=segments,
         task=job.options.task,
     )
-
-
-def tidy_text(text: str) -> str:
-    """Collapse whitespace; segments never start with a space (Whisper emits one before most tokens)."""
-    return " ".join(text.split())
-
-
-def segment_separator(language: str | None) -> str:
-    """Chinese and Japanese put no space between sentences; every other language (Korean too) does."""
-    return "" if language in NO_SPACE_LANGUAGES else " "
-
-
-def join_segments(segments: list[Segment], language: str | None) -> str:
-    return segment_separator(language).join(s.text for s in segments).strip()

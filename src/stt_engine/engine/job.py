@@ -12,27 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from faster_whisper.transcribe import Segment
 
 from stt_engine.audio import SAMPLE_RATE
-from stt_engine.options import Task, TranscribeOptions
+from stt_engine.options import TranscribeOptions
+from stt_engine.types import Transcript as Transcript  # its home before stt_engine.types
 
 HOP = 160  # samples per Whisper feature frame (10 ms)
 WINDOW_FRAMES = 3000  # 30 s
-
-
-@dataclass
-class Transcript:
-    """The result for one request: faster-whisper segments on the original audio's timeline."""
-
-    text: str
-    language: str | None  # None when no speech was found and no language was asked for
-    language_probability: float
-    duration: float
-    duration_after_vad: float
-    segments: list[Segment]
-    task: Task = "transcribe"
-    queue_wait_seconds: float | None = None  # admission to the first decode start, when a scheduler ran it
 
 
 @dataclass(eq=False)

@@ -11,12 +11,11 @@ from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from faster_whisper.transcribe import Segment
-
     from stt_engine.audio import DecodedAudio
-    from stt_engine.engine.job import Job, Stream, Transcript
+    from stt_engine.engine.job import Job, Stream
     from stt_engine.models import ResolvedModel
     from stt_engine.options import TranscribeOptions
+    from stt_engine.types import Segment, Transcript
 
 
 @runtime_checkable

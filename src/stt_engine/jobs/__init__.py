@@ -6,7 +6,8 @@ and with interactive requests; what decides *when* a job runs differs per mode (
 SQLite, `dramatiq_queue.DramatiqQueue` consumes a Redis queue).
 """
 
+from stt_engine.jobs.backend import open_store
 from stt_engine.jobs.models import Job, JobStatus
-from stt_engine.jobs.store import JobStore, open_store
+from stt_engine.jobs.store import JobStore
 
 __all__ = ["Job", "JobStatus", "JobStore", "open_store"]

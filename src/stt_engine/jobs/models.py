@@ -13,13 +13,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from faster_whisper.transcribe import Segment, Word
-
-from stt_engine.channels import SpeakerSegment
-from stt_engine.engine import TranscribeOptions, Transcript
 from stt_engine.formats import ResponseFormat, render
-from stt_engine.textproc import ProcessedTranscript
-from stt_engine.textproc.hallucination import DroppedSegment
+from stt_engine.options import TranscribeOptions
+from stt_engine.types import DroppedSegment, ProcessedTranscript, Segment, SpeakerSegment, Transcript, Word
 
 
 class JobStatus(str, Enum):

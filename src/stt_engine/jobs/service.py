@@ -17,9 +17,10 @@ from typing import Any
 
 from stt_engine.config import Settings
 from stt_engine.errors import STTError
+from stt_engine.jobs.backend import open_store
 from stt_engine.jobs.models import Job, JobStatus
 from stt_engine.jobs.runner import EmbeddedRunner, JobExecutor
-from stt_engine.jobs.store import JobStore, is_redis, open_store, storage_dir
+from stt_engine.jobs.store import JobStore, is_redis, storage_dir
 from stt_engine.jobs.webhooks import WebhookPolicy, WebhookSender
 
 log = logging.getLogger(__name__)

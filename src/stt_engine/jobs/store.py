@@ -180,7 +180,7 @@ def exhausted_error(job: Job, max_attempts: int) -> dict[str, Any]:
     }
 
 
-def _sqlite_path(url: str) -> Path:
+def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///").removeprefix("sqlite://"))
 
 
@@ -326,15 +326,4 @@ def is_redis(settings: Settings) -> bool:
     return jobs_url(settings).startswith(("redis://", "rediss://", "unix://"))
 
 
-def open_store(settings: Settings) -> JobStore:
-    url = jobs_url(settings)
-    if is_redis(settings):
-        from stt_engine.jobs.redis_store import RedisJobStore
-
-        return RedisJobStore(url)
-    if url.startswith("sqlite:"):
-        return SQLiteJobStore(_sqlite_path(url))
-    raise ValueError(f"JOBS_URL must be sqlite:///path or redis://host:port/db, got {url!r}")
-
-
-__all__ = ["FINISHED", "exhausted_error", "JobStore", "JobsUnavailable", "SQLiteJobStore", "open_store", "jobs_url", "storage_dir"]
+__all__ = ["FINISHED", "exhausted_error", "JobStore", "JobsUnavailable", "SQLiteJobStore", "jobs_url", "storage_dir"]

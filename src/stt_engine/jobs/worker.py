@@ -35,9 +35,9 @@ def run_worker(settings: Settings) -> int:
 async def _main(settings: Settings) -> int:
     from starlette.concurrency import run_in_threadpool
 
-    from stt_engine.api.app import build_scheduler, load_engine, warm_up
     from stt_engine.jobs.service import JobService
     from stt_engine.postprocess.service import PostProcessor
+    from stt_engine.runtime import build_scheduler, load_engine, warm_up
 
     engine = await run_in_threadpool(load_engine, settings, None)
     scheduler = build_scheduler(engine, settings)

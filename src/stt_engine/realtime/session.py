@@ -28,10 +28,9 @@ from starlette.concurrency import run_in_threadpool
 
 from stt_engine.audio import SAMPLE_RATE
 from stt_engine.config import Settings
-from stt_engine.engine import TranscribeOptions, Transcript
 from stt_engine.errors import STTError
 from stt_engine.openai_fields import merge_keywords, transcript_logprobs
-from stt_engine.options import build_options
+from stt_engine.options import TranscribeOptions, build_options
 from stt_engine.realtime import agreement
 from stt_engine.realtime.audio_formats import StreamDecoder
 from stt_engine.realtime.protocol import (
@@ -48,6 +47,7 @@ from stt_engine.realtime.protocol import (
     render_ga,
 )
 from stt_engine.realtime.vad import SpeechStarted, SpeechStopped, StreamingVad, TurnTracker
+from stt_engine.types import Transcript
 
 log = logging.getLogger(__name__)
 

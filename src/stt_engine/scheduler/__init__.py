@@ -26,10 +26,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from faster_whisper.transcribe import Segment
-
 from stt_engine.audio import SAMPLE_RATE, DecodedAudio
-from stt_engine.engine import Engine, Job, Stream, Transcript
+from stt_engine.engine import Engine, Job, Stream
 from stt_engine.engine.job import HOP
 from stt_engine.errors import AudioTooLong, Overloaded, RequestTimeout, ShuttingDown, TranscriptionFailed
 from stt_engine.logging_setup import request_id_var
@@ -50,6 +48,7 @@ from stt_engine.scheduler.policy import (
     slot_rank,
 )
 from stt_engine.scheduler.slots import RankedPool
+from stt_engine.types import Segment, Transcript
 
 __all__ = ["Priority", "Scheduler", "SchedulerStats"]
 

@@ -15,12 +15,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
-from faster_whisper.transcribe import Segment
-
-from stt_engine.engine import Transcript
-from stt_engine.engine.assemble import join_segments
+from stt_engine.types import DroppedSegment, Segment, Transcript, join_segments
 
 # Evidence thresholds. faster-whisper itself skips a window when no_speech_prob > 0.6 and avg_logprob < -1; a
 # known phrase needs less to be doubted.
@@ -49,23 +45,6 @@ class PhraseList:
         if not key:
             return False
         return key in self.literals or any(p.fullmatch(key) for p in self.patterns)
-
-
-@dataclass(frozen=True)
-class DroppedSegment:
-    """A segment the filter removed, and why (reported in verbose_json as `dropped_segments`)."""
-
-    id: int
-    start: float
-    end: float
-    text: str
-    reasons: tuple[str, ...]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "start": round(float(self.start), 3), "end": round(float(self.end), 3),
-            "text": self.text, "reasons": list(self.reasons),
-        }
 
 
 def compact(text: str) -> str:

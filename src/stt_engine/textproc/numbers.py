@@ -21,9 +21,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from stt_engine.engine import Transcript
-from stt_engine.engine.assemble import join_segments
 from stt_engine.errors import InvalidRequest
+from stt_engine.types import Transcript, join_segments
 
 log = logging.getLogger(__name__)
 

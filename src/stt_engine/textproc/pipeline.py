@@ -8,25 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from stt_engine.config import Settings
-from stt_engine.engine import Transcript
-from stt_engine.engine.assemble import segment_separator
 from stt_engine.errors import InvalidRequest, quote
 from stt_engine.textproc import numbers, pii
-from stt_engine.textproc.hallucination import DroppedSegment, filter_transcript
+from stt_engine.textproc.hallucination import filter_transcript
 from stt_engine.textproc.vocabulary import correct_transcript, load_vocabulary
-
-
-@dataclass
-class ProcessedTranscript(Transcript):
-    """A transcript after text processing, with the report of what was changed."""
-
-    dropped_segments: list[DroppedSegment] = field(default_factory=list)
-    redactions: dict[str, int] | None = None  # masks by type, when PII masking was asked for
-    original_text: str | None = None  # the unmasked text, only when REDACT_KEEP_ORIGINAL allows it
+from stt_engine.types import ProcessedTranscript, Transcript, segment_separator
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,10 @@ from __future__ import annotations
 import logging
 import re
 
-from faster_whisper.transcribe import Segment
-
 from stt_engine.config import Settings
-from stt_engine.engine import Transcript
-from stt_engine.engine.assemble import join_segments
 from stt_engine.textproc.hallucination import always_kept, compact, filter_transcript
 from stt_engine.textproc.pipeline import TextOptions, phrases_file, process_kept, text_options
+from stt_engine.types import Segment, Transcript, join_segments
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from faster_whisper.transcribe import Segment
-
-from stt_engine.engine import Transcript
+from stt_engine.types import Segment, Transcript
 
 HOTWORDS_MAX_CHARS = 400  # Whisper reads at most ~223 prompt tokens; the request's own hotwords come after these
 
