@@ -85,7 +85,7 @@ def test_stereo_call_job_has_speakers_in_every_format(server: Proc, call: Path) 
 
     srt = _result(server, accepted["id"], "srt").text
     cues = [b.split("\n")[2] for b in srt.strip().split("\n\n")]
-    assert any(c.startswith("상담원: ") for c in cues) and any(c.startswith("고객: ") for c in cues), srt
+    assert any(c.startswith("[상담원] ") for c in cues) and any(c.startswith("[고객] ") for c in cues), srt
     vtt = _result(server, accepted["id"], "vtt").text
     assert "<v 상담원>" in vtt and "<v 고객>" in vtt, vtt
 
