@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -78,17 +79,85 @@ def child(kind: str, wav: Path) -> dict[str, float]:
             "rss_added_mb": round(_peak_mb() - base, 1), **extra}
 
 
+def _health_latencies(base: str, count: int, keep_going: Callable[[], bool] = lambda: True) -> list[float]:
+    import httpx
+
+    timings = []
+    with httpx.Client(base_url=base, timeout=30) as client:
+        while len(timings) < count and keep_going():
+            started = time.perf_counter()
+            client.get("/health").raise_for_status()
+            timings.append(time.perf_counter() - started)
+            time.sleep(0.1)
+    return sorted(timings)
+
+
+def _summary(timings: list[float]) -> dict[str, float]:
+    return {"count": len(timings), "median_ms": round(1000 * timings[len(timings) // 2], 1),
+            "p95_ms": round(1000 * timings[int(len(timings) * 0.95)], 1), "max_ms": round(1000 * timings[-1], 1)}
+
+
+def health_while_diarizing(audio_dir: Path, minutes: float) -> dict[str, object]:
+    """Does the event loop stay free while a long file is diarized? /health idle, then during the request."""
+    import threading
+
+    import httpx
+
+    from stt_engine.benchmark.server import ServerProcess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "long.wav"
+        _write_wav(wav, build_audio(audio_dir, minutes))
+        server = ServerProcess({})
+        try:
+            idle = _health_latencies(server.base, 50)
+            done = threading.Event()
+            answer: dict[str, object] = {}
+
+            def diarize() -> None:
+                started = time.perf_counter()
+                with wav.open("rb") as handle:
+                    response = httpx.post(server.base + "/v1/audio/diarization", files={"file": handle}, timeout=3600)
+                answer.update(status=response.status_code, seconds=round(time.perf_counter() - started, 1),
+                              speakers=response.json().get("speakers"))
+                done.set()
+
+            worker = threading.Thread(target=diarize)
+            worker.start()
+            busy = _health_latencies(server.base, 100_000, lambda: not done.is_set())
+            worker.join()
+        finally:
+            server.stop()
+    return {"minutes": minutes, "load_avg": os.getloadavg(), "diarization": answer,
+            "health_idle": _summary(idle), "health_during": _summary(busy)}
+
+
+def _write_wav(path: Path, samples: np.ndarray) -> None:
+    import wave
+
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SR)
+        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
     parser.add_argument("--audio-dir", type=Path, default=ROOT.parent / "shared" / "audio")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "diarize.json")
     parser.add_argument("--skip-transcribe", action="store_true", help="diarization only (no ratio)")
+    parser.add_argument("--health-minutes", type=float, default=0,
+                        help="instead: /health latency on a server while it diarizes this much audio, against idle")
     parser.add_argument("--child", choices=["transcribe", "diarize"], help=argparse.SUPPRESS)
     parser.add_argument("--wav", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.wav)))
+        return 0
+    if args.health_minutes:
+        print(json.dumps(health_while_diarizing(args.audio_dir, args.health_minutes), indent=2))
         return 0
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support import SHARED_AUDIO, clip, error_rate, post_audio, reset_peak_rss, rss_mb
+from tests.support import SHARED_AUDIO, clip, error_rate, post_audio, shared_server
 
 SPEECH = "en/picovoice_test_en.wav"  # 5.9 s, 16 kHz mono, in the in-repo set
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed (.ci/run installs it)")
@@ -52,16 +52,18 @@ def video_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
+# Files are parsed in decoder processes; under this address-space limit a 768 MB frame cannot be decoded there, so a
+# transcript (rather than 400 decoder_out_of_memory) shows the frame was skipped. The server's own RSS says nothing
+# about it any more: no media is parsed in its process.
+SMALL_DECODERS = {"DECODER_MEMORY_MB": "400"}
+
+
 @pytest.mark.parametrize("suffix", ["mkv", "mp4"])
-def test_video_frame_is_never_decoded(server, video_files: dict[str, Path], suffix: str) -> None:
-    post_audio(server, "/transcribe", SHARED_AUDIO / SPEECH)  # warm: allocator pools as after any request
-    before = rss_mb(server.pid)
-    reset_peak_rss(server.pid)
-    body = post_audio(server, "/transcribe", video_files[suffix]).json()
-    peak = rss_mb(server.pid, "VmHWM")
+def test_video_frame_is_never_decoded(video_files: dict[str, Path], suffix: str) -> None:
+    base = shared_server(SMALL_DECODERS)
+    body = post_audio(base, "/transcribe", video_files[suffix]).json()
     assert body["success"] is True, body
     assert error_rate(body["text"], clip(SPEECH)) <= 0.2, body["text"]
-    assert peak - before < 100, f"peak {peak:.0f} MB, {peak - before:.0f} MB above {before:.0f} MB before"
 
 
 @pytest.mark.parametrize("channels", [9, 32, 255])
