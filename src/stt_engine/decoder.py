@@ -60,9 +60,14 @@ class Probe:
 
 def split_channel_limit(channels: int, settings: Settings) -> None:
     """channels=split takes at most MAX_SPLIT_CHANNELS channels (each is transcribed on its own); `mix` any count."""
-    if channels > settings.max_split_channels:
+    _check_split_channels(channels, settings.max_split_channels)
+
+
+def _check_split_channels(channels: int, limit: int) -> None:
+    """The one wording of the split limit, for the server's check and the decoder process's own."""
+    if channels > limit:
         raise InvalidRequest(
-            f"The audio has {channels} channels; channels=split takes at most {settings.max_split_channels} "
+            f"The audio has {channels} channels; channels=split takes at most {limit} "
             "(MAX_SPLIT_CHANNELS). Send it with channels=mix, or split it into files of fewer channels.",
             param="channels", code="too_many_channels",
         )
@@ -442,12 +447,8 @@ def _serve_one(request: dict[str, Any]) -> dict[str, Any]:
         if request["op"] == "probe":
             return {**info, "length_seconds": source.length_seconds}
         max_channels = request.get("max_channels")
-        if request.get("split") and max_channels is not None and source.channels > max_channels:
-            raise InvalidRequest(
-                f"The audio has {source.channels} channels; channels=split takes at most {max_channels} "
-                "(MAX_SPLIT_CHANNELS). Send it with channels=mix, or split it into files of fewer channels.",
-                param="channels", code="too_many_channels",
-            )
+        if request.get("split") and max_channels is not None:
+            _check_split_channels(source.channels, max_channels)
         decoded, tracks = source.decode_split() if request.get("split") else (source.decode(), [])
     rows = [decoded.samples, *tracks]
     if request.get("samples", True):
