@@ -64,7 +64,7 @@ def child(kind: str, wav: Path) -> dict[str, float]:
 
         model = WhisperModel(str(assemble_bundled_model()), device="cpu", compute_type="int8",
                              cpu_threads=os.cpu_count() or 1)
-        segments, _ = model.transcribe(samples, beam_size=5, vad_filter=True)
+        segments, _ = model.transcribe(samples, beam_size=5, vad_filter=True, condition_on_previous_text=False)
         words = sum(len(s.text.split()) for s in segments)
         extra = {"words": words}
     else:
