@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import pytest
 
-from stt_engine.engine import resolve_compute_type, tidy_text
+from stt_engine.engine import on_lowered_thread, resolve_compute_type, tidy_text
 from stt_engine.errors import InvalidRequest, quote
 from stt_engine.formats import timestamp
 from stt_engine.models.resolve import candidate_dirnames
@@ -58,3 +61,18 @@ def test_compute_type_auto() -> None:
 def test_model_name_lookup() -> None:
     assert "openai_whisper-large-v3-turbo" in candidate_dirnames("large-v3-turbo")
     assert "Systran_faster-whisper-small" in candidate_dirnames("Systran/faster-whisper-small")
+
+
+def test_threads_started_while_a_model_is_built_on_a_lowered_thread_keep_its_lower_priority() -> None:
+    """CTranslate2's worker threads are started while the model is built; Linux gives them the builder's nice."""
+    def build() -> int:
+        seen: list[int] = []
+        child = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, 0)))
+        child.start()
+        child.join()
+        return seen[0]
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    assert on_lowered_thread(5, build) == min(19, before + 5)
+    assert on_lowered_thread(0, build) == before
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before  # the caller's own priority is untouched

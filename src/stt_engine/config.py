@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     whisper_solo_instance: bool = Field(
         True, description="On CPU with several workers, a second model instance decodes a lone window on all cores."
     )
+    whisper_worker_nice: int = Field(
+        10, ge=0, le=19,
+        description="How much lower the CPU priority of the workers' threads is than the all-cores instance's, so a "
+        "short request's window on it is not slowed by long ones (0: the same).",
+    )
     models_dir: Path = Path("models")
     model_cache_dir: Path | None = Field(None, description="Where the bundled model is assembled.")
     verify_model: bool = Field(True, description="Check model files against manifest.json at start-up.")

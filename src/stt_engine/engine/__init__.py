@@ -14,8 +14,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 import ctranslate2
 from faster_whisper import WhisperModel
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def resolve_device(setting: str) -> str:
@@ -73,6 +75,36 @@ def resolve_workers(settings: Settings, device: str) -> tuple[int, int]:
     return workers, threads
 
 
+def on_lowered_thread(nice: int, build: Callable[[], T]) -> T:
+    """`build()` on a thread whose CPU priority is lowered by `nice`. On Linux nice is per thread and a thread
+    inherits it from the one that starts it, so the worker threads CTranslate2 starts while a model is built keep
+    it. The workers' model built this way yields the cores to the all-cores instance, which runs a short request's
+    window beside long ones (the express lane): the short request is then not slowed by the windows already
+    running, while the workers alone (nothing else to run) lose nothing. Raising it back needs privileges, so it
+    is never done on a thread that does anything else."""
+    if nice <= 0:
+        return build()
+    box: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+        except OSError:  # not Linux, or not permitted: the same model, at the usual priority
+            log.warning("could not lower the model workers' CPU priority", exc_info=True)
+        try:
+            box.append(build())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="stt-model-load")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return box[0]
+
+
 class Engine:
     """A loaded Whisper model and the steps of decoding. Thread-safe: CTranslate2 runs `workers` calls at once."""
 
@@ -83,7 +115,10 @@ class Engine:
         self.workers, self.threads = resolve_workers(settings, self.device)
         self.batch_size = resolve_batch_size(settings.whisper_batch_size, self.device)
         started = time.perf_counter()
-        self.model = WhisperModel(
+        # One request alone would leave all but one single-thread worker idle: a second instance with every core's
+        # thread decodes it instead, as fast as the library. Only on CPU, where the workers are threads of cores.
+        solo = self.device == "cpu" and self.workers > 1 and settings.whisper_solo_instance
+        self.model = on_lowered_thread(settings.whisper_worker_nice if solo else 0, lambda: WhisperModel(
             str(model.path),
             device=self.device,
             device_index=settings.whisper_device_index,
@@ -91,12 +126,10 @@ class Engine:
             cpu_threads=self.threads,
             num_workers=self.workers,
             local_files_only=True,
-        )
-        # One request alone would leave all but one single-thread worker idle: a second instance with every core's
-        # thread decodes it instead, as fast as the library. Only on CPU, where the workers are threads of cores.
+        ))
         self.solo_threads = self.workers * self.threads
         self.solo_model = None
-        if self.device == "cpu" and self.workers > 1 and settings.whisper_solo_instance:
+        if solo:
             self.solo_model = WhisperModel(
                 str(model.path), device="cpu", compute_type=self.compute_type, cpu_threads=self.solo_threads,
                 num_workers=1, local_files_only=True,
