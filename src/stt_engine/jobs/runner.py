@@ -150,10 +150,8 @@ class JobExecutor:
         if job.postprocess:
             postprocessor = self.get_postprocessor()
             try:
-                prompt = job.postprocess_prompt
                 vocabulary = load_vocabulary(self.settings.vocabulary_file)
-                if job.postprocess == "correct" and vocabulary.terms:
-                    prompt = vocabulary.glossary() + (f"\n{prompt}" if prompt and prompt.strip() else "")
+                prompt = vocabulary.llm_prompt(job.postprocess, job.postprocess_prompt)
                 postprocess_result = await postprocessor.run(
                     transcript.text, job.postprocess, prompt, transcript.language
                 )
@@ -249,7 +247,7 @@ class EmbeddedRunner:
     async def start(self) -> None:
         # A job still `processing` was being run by this server's previous process, which died: run it again.
         for job_id in await self.store.ids_with_status(JobStatus.processing.value, limit=10_000):
-            await self.store._mutate(job_id, _back_to_queue)
+            await self.store.requeue_orphan(job_id)
         self._loop_task = asyncio.get_running_loop().create_task(self._loop(), name="jobs-runner")
 
     def wake(self) -> None:
@@ -287,10 +285,3 @@ class EmbeddedRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _back_to_queue(job: Job) -> bool:
-    if job.status != JobStatus.processing.value:
-        return False
-    job.status, job.worker, job.progress_seconds = JobStatus.queued.value, None, 0.0
-    return True
