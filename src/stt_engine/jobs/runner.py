@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,29 +40,20 @@ WATCH_INTERVAL_S = 1.0
 NODE = f"{socket.gethostname()}:{os.getpid()}"
 
 
+@dataclass(eq=False)
 class JobExecutor:
     """Runs one job through this node's scheduler: decode, transcribe, post-process, record, notify."""
 
-    def __init__(
-        self,
-        store: JobStore,
-        settings: Settings,
-        storage: Path,
-        get_scheduler: Callable[[], Scheduler | None],
-        get_postprocessor: Callable[[], Any],
-        webhooks: WebhookSender,
-        requeue: Callable[[str], Awaitable[None]] | None = None,
-    ) -> None:
-        self.store = store
-        self.settings = settings
-        self.storage = storage
-        self.get_scheduler = get_scheduler
-        self.get_postprocessor = get_postprocessor
-        self.webhooks = webhooks
-        self.requeue_hook = requeue
-        self.running: dict[str, asyncio.Task[Any]] = {}
-        self.stopping = False
-        self.metrics: Any | None = None  # the server's Metrics, when it has them (dropped segments are counted)
+    store: JobStore
+    settings: Settings
+    storage: Path
+    get_scheduler: Callable[[], Scheduler | None]
+    get_postprocessor: Callable[[], Any]
+    webhooks: WebhookSender
+    requeue_hook: Callable[[str], Awaitable[None]] | None = None  # the queue's, when there is one (Dramatiq)
+    running: dict[str, asyncio.Task[Any]] = field(default_factory=dict, init=False)
+    stopping: bool = field(default=False, init=False)
+    metrics: Any | None = field(default=None, init=False)  # the server's Metrics, when it has them (dropped segments)
 
     async def _scheduler(self) -> Scheduler:
         while (scheduler := self.get_scheduler()) is None:  # the model is still loading

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from difflib import SequenceMatcher
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -75,19 +75,19 @@ class _Run:
                 self.warnings.append(warning)
 
 
+@dataclass(eq=False)
 class PostProcessor:
     """Post-processing for the API and CLI; `enabled` is False (and `run` reports so) without VLLM_BASE_URL."""
 
-    def __init__(self, client: LLMClient | None, registry: TaskRegistry, *, timeout_s: float, max_tokens: int,
-                 context_tokens: int | None = None, api: Literal["chat", "completions"] = "chat") -> None:
-        self.client = client
-        self.api = api
-        self.registry = registry
-        self.timeout_s = timeout_s
-        self.max_tokens = max_tokens
-        self.context_tokens = context_tokens
-        self._health: tuple[float, dict[str, Any]] | None = None
-        self._health_check: asyncio.Future[dict[str, Any]] | None = None
+    client: LLMClient | None
+    registry: TaskRegistry
+    _: KW_ONLY
+    timeout_s: float
+    max_tokens: int
+    context_tokens: int | None = None
+    api: Literal["chat", "completions"] = "chat"
+    _health: tuple[float, dict[str, Any]] | None = field(default=None, init=False, repr=False)
+    _health_check: asyncio.Future[dict[str, Any]] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PostProcessor:
