@@ -74,12 +74,12 @@ class TurnDetection:
     silence_duration_ms: int = 500
     eagerness: str | None = None
 
-    def render(self) -> dict[str, Any]:
-        """The beta dialect's object (GA's is the SDK's, built in `render_ga`)."""
+    def sdk(self) -> ServerVad | SemanticVad:
+        """As the SDK types it; both dialects write it the same way."""
         if self.type == "semantic_vad":
-            return {"type": "semantic_vad", "eagerness": self.eagerness or "auto"}
-        return {"type": "server_vad", "threshold": self.threshold, "prefix_padding_ms": self.prefix_padding_ms,
-                "silence_duration_ms": self.silence_duration_ms}
+            return SemanticVad(type="semantic_vad", eagerness=self.eagerness or "auto")  # type: ignore[arg-type]
+        return ServerVad(type="server_vad", threshold=self.threshold, prefix_padding_ms=self.prefix_padding_ms,
+                         silence_duration_ms=self.silence_duration_ms)
 
 
 @dataclass(frozen=True)
@@ -290,7 +290,6 @@ def is_beta_session(session: Any) -> bool:
 def render_ga(config: SessionConfig, session_id: str, expires_at: int | None) -> dict[str, Any]:
     """The session as the SDK reads it in `session.created`/`session.updated` (its transcription session type, with
     the `id`, `object` and `expires_at` that OpenAI's server sends besides)."""
-    td = config.turn_detection
     session = RealtimeTranscriptionSessionCreateRequest(
         type="transcription",
         id=session_id,  # type: ignore[call-arg]  # extras the SDK keeps as they are
@@ -298,10 +297,7 @@ def render_ga(config: SessionConfig, session_id: str, expires_at: int | None) ->
         expires_at=expires_at,
         audio=RealtimeTranscriptionSessionAudio(input=RealtimeTranscriptionSessionAudioInput(
             transcription=AudioTranscription(**config.transcription()),
-            turn_detection=None if td is None else SemanticVad(type="semantic_vad", eagerness=td.eagerness or "auto")
-            if td.type == "semantic_vad" else ServerVad(type="server_vad", threshold=td.threshold,
-                                                       prefix_padding_ms=td.prefix_padding_ms,
-                                                       silence_duration_ms=td.silence_duration_ms),
+            turn_detection=config.turn_detection.sdk() if config.turn_detection else None,
             noise_reduction=None if config.noise_reduction is None else NoiseReduction(**config.noise_reduction),
         )),
         include=config.include,  # type: ignore[arg-type]  # parsing let only the SDK's values through
@@ -319,7 +315,7 @@ def render_beta(config: SessionConfig, session_id: str, expires_at: int | None) 
         "modalities": ["text"],
         "input_audio_format": config.format.beta(),
         "input_audio_transcription": config.transcription(),
-        "turn_detection": config.turn_detection.render() if config.turn_detection else None,
+        "turn_detection": config.turn_detection.sdk().to_dict() if config.turn_detection else None,
         "input_audio_noise_reduction": config.noise_reduction,
         "include": config.include,
     }
