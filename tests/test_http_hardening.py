@@ -361,7 +361,7 @@ async def test_streamed_llm_answer_is_bounded_too(endless_llm: str, drip: bool) 
     received = 0
     try:
         with pytest.raises(LLMError) as caught:
-            async for delta in client.stream_chat([{"role": "user", "content": "hi"}]):
+            async for delta in client.generate([{"role": "user", "content": "hi"}], stream=True):
                 received += len(delta.text)
     finally:
         _EndlessLLM.drip = False

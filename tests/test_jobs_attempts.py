@@ -181,6 +181,11 @@ async def test_the_attempt_is_counted_before_the_run_and_the_last_start_fails_it
     assert retried.webhook_status is None and retried.finished_at is None
     assert await store.retry("job_a") is None  # only failed or cancelled jobs
     assert (await store.claim("job_a", "run6", 2)).attempts == 1
+    assert not await store.requeue("job_a", "someone-else")  # only the run that holds it hands it back
+    assert await store.requeue_orphan("job_a")  # left processing by a process that died: queued, the attempt kept
+    orphan = await store.get("job_a")
+    assert (orphan.status, orphan.worker, orphan.attempts) == ("queued", None, 1)
+    assert not await store.requeue_orphan("job_a")  # not processing: unchanged
 
     await store.insert(Job(id="job_b", error={"code": "decode_crashed", "message": "the decoder died"}))
     for attempt in range(2):

@@ -38,26 +38,26 @@ async def test_model_discovery_and_context(client: LLMClient) -> None:
 
 
 async def test_chat_and_completion(client: LLMClient) -> None:
-    chat = await client.chat(SAY_HI)
+    chat = await client.generate(SAY_HI)
     assert isinstance(chat.text, str) and chat.text.strip()
     assert chat.model == LLAMA_ALIAS and chat.finish_reason in ("stop", "length")
     assert chat.usage and 0 < chat.usage["completion_tokens"] <= 8
-    completion = await client.complete("The capital of France is")
+    completion = await client.generate("The capital of France is")
     assert completion.text.strip() and completion.usage and completion.usage["completion_tokens"] <= 8
 
 
 async def test_streaming(client: LLMClient) -> None:
-    deltas = [delta async for delta in client.stream_chat(SAY_HI)]
+    deltas = [delta async for delta in client.generate(SAY_HI, stream=True)]
     assert "".join(d.text for d in deltas).strip()
     assert any(d.finish_reason for d in deltas)
     assert deltas[-1].usage is not None  # include_usage: llama.cpp also sends a usage-only last chunk
-    pieces = [delta.text async for delta in client.stream_complete("One, two, three,")]
+    pieces = [delta.text async for delta in client.generate("One, two, three,", stream=True)]
     assert len(pieces) > 1 and "".join(pieces).strip()
 
 
 async def test_context_overflow_from_llama_cpp(client: LLMClient) -> None:
     with pytest.raises(LLMContextLengthExceeded, match="context size"):
-        await client.chat([{"role": "user", "content": "hello " * 3000}])
+        await client.generate([{"role": "user", "content": "hello " * 3000}])
 
 
 async def test_postprocessor_summarize_and_correct(llama_server: LlamaServer) -> None:

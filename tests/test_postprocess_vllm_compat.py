@@ -57,7 +57,7 @@ async def test_health_with_empty_body_and_discovery(vllm: VLLMStandIn, suffix: s
     assert [r["path"] for r in vllm.requests] == ["/health", "/v1/models"]
     assert await client.resolve_model() == vllm.behaviour.model
     assert await client.context_tokens() == 4096  # vLLM's max_model_len
-    answer = await client.chat(HELLO)
+    answer = await client.generate(HELLO)
     assert answer.text == "hello there friend" and answer.model == vllm.behaviour.model
     assert answer.usage and answer.usage["prompt_tokens"] > 0
     await client.aclose()
@@ -68,7 +68,7 @@ async def test_unknown_model_is_a_clear_404(vllm: VLLMStandIn, shape: str) -> No
     vllm.behaviour.error_shape = shape
     client = client_for(vllm.base_url, model="no/such-model")
     with pytest.raises(LLMModelNotFound) as caught:
-        await client.chat(HELLO)
+        await client.generate(HELLO)
     assert "The model `no/such-model` does not exist" in caught.value.message
     assert caught.value.upstream_status == 404 and caught.value.upstream_type == "NotFoundError"
     assert "VLLM_MODEL" in caught.value.message
@@ -82,7 +82,7 @@ async def test_both_error_envelopes_become_exceptions(vllm: VLLMStandIn, shape: 
     vllm.behaviour.fail_next = 10
     client = client_for(vllm.base_url, max_retries=0)
     with pytest.raises(LLMServerError) as caught:
-        await client.chat(HELLO)
+        await client.generate(HELLO)
     assert caught.value.upstream_status == 503
     assert "The engine is overloaded" in caught.value.message and "InternalServerError" in caught.value.message
     await client.aclose()
@@ -92,7 +92,7 @@ async def test_context_overflow_is_its_own_error(vllm: VLLMStandIn) -> None:
     vllm.behaviour.max_model_len = 64
     client = client_for(vllm.base_url)
     with pytest.raises(LLMContextLengthExceeded, match="maximum context length is 64"):
-        await client.chat([{"role": "user", "content": "word " * 400}])
+        await client.generate([{"role": "user", "content": "word " * 400}])
     assert len(vllm.generation_requests()) == 1
     await client.aclose()
 
@@ -100,20 +100,20 @@ async def test_context_overflow_is_its_own_error(vllm: VLLMStandIn) -> None:
 async def test_retries_5xx_and_429_with_backoff(vllm: VLLMStandIn) -> None:
     client = client_for(vllm.base_url, max_retries=2)
     vllm.behaviour.fail_next = 2
-    assert (await client.chat(HELLO)).text == "hello there friend"
+    assert (await client.generate(HELLO)).text == "hello there friend"
     assert len(vllm.generation_requests()) == 3
     vllm.requests.clear()
     # Retry-After is honoured: twice 1.2 s, longer than the SDK's own backoff (0.5 s, then 1 s; at most 1.5 s in
     # all), so a lower bound tells them apart, and a lower bound cannot fail because the machine is slow
     vllm.behaviour.fail_next, vllm.behaviour.fail_status, vllm.behaviour.retry_after = 2, 429, "1.2"
     started = time.monotonic()
-    assert (await client.chat(HELLO)).text == "hello there friend"
+    assert (await client.generate(HELLO)).text == "hello there friend"
     assert time.monotonic() - started >= 2.4
     assert len(vllm.generation_requests()) == 3
     vllm.requests.clear()
     vllm.behaviour.fail_next, vllm.behaviour.fail_status = 5, 502
     with pytest.raises(LLMServerError):
-        await client.chat(HELLO)
+        await client.generate(HELLO)
     assert len(vllm.generation_requests()) == 3  # 1 + max_retries, then give up
     await client.aclose()
 
@@ -122,12 +122,12 @@ async def test_api_key(vllm: VLLMStandIn) -> None:
     vllm.behaviour.api_key = "sk-secret"
     anonymous = client_for(vllm.base_url, model=vllm.behaviour.model)
     with pytest.raises(LLMAuthError, match="401.*Unauthorized.*VLLM_API_KEY"):
-        await anonymous.chat(HELLO)
+        await anonymous.generate(HELLO)
     assert len(vllm.generation_requests()) == 1
     health = await anonymous.health()
     assert not health["ok"] and health["reachable"] and health["error"]["code"] == "llm_auth_failed"
     keyed = client_for(vllm.base_url, api_key="sk-secret")
-    assert (await keyed.chat(HELLO)).text == "hello there friend"
+    assert (await keyed.generate(HELLO)).text == "hello there friend"
     assert vllm.requests[-1]["authorization"] == "Bearer sk-secret"
     await anonymous.aclose()
     await keyed.aclose()
@@ -135,7 +135,7 @@ async def test_api_key(vllm: VLLMStandIn) -> None:
 
 async def test_streaming_chat_with_done_and_usage_chunk(vllm: VLLMStandIn) -> None:
     client = client_for(vllm.base_url)
-    deltas = [delta async for delta in client.stream_chat(HELLO)]
+    deltas = [delta async for delta in client.generate(HELLO, stream=True)]
     assert "".join(d.text for d in deltas) == "hello there friend"
     assert deltas[-2].finish_reason == "stop"
     assert deltas[-1].usage is not None and deltas[-1].text == ""  # usage-only chunk (choices: [])
@@ -146,9 +146,9 @@ async def test_streaming_chat_with_done_and_usage_chunk(vllm: VLLMStandIn) -> No
 
 async def test_streaming_completions_and_plain_completions(vllm: VLLMStandIn) -> None:
     client = client_for(vllm.base_url)
-    text = "".join([d.text async for d in client.stream_complete("Continue\n\nonce upon a time")])
+    text = "".join([d.text async for d in client.generate("Continue\n\nonce upon a time", stream=True)])
     assert text == "once upon a time"
-    completion = await client.complete("Continue\n\nthe end")
+    completion = await client.generate("Continue\n\nthe end")
     assert completion.text == "the end" and completion.finish_reason == "stop"
     assert [r["path"] for r in vllm.generation_requests()] == ["/v1/completions", "/v1/completions"]
     await client.aclose()
@@ -158,23 +158,23 @@ async def test_error_in_the_middle_of_a_stream(vllm: VLLMStandIn) -> None:
     vllm.behaviour.stream_error = True
     client = client_for(vllm.base_url)
     with pytest.raises(LLMResponseError, match="engine died"):
-        async for _ in client.stream_chat([{"role": "user", "content": "x\n\na b c d e f"}]):
+        async for _ in client.generate([{"role": "user", "content": "x\n\na b c d e f"}], stream=True):
             pass
     await client.aclose()
 
 
 async def test_rediscovers_the_model_after_a_server_swap(vllm: VLLMStandIn) -> None:
     client = client_for(vllm.base_url)
-    assert (await client.chat(HELLO)).model == vllm.behaviour.model
+    assert (await client.generate(HELLO)).model == vllm.behaviour.model
     vllm.behaviour.model = "meta-llama/Llama-3.1-8B-Instruct"
-    assert (await client.chat(HELLO)).model == "meta-llama/Llama-3.1-8B-Instruct"
+    assert (await client.generate(HELLO)).model == "meta-llama/Llama-3.1-8B-Instruct"
     await client.aclose()
 
 
 async def test_wrong_endpoint_says_check_the_url(vllm: VLLMStandIn) -> None:
     client = client_for(vllm.base_url + "/not-openai", model="m")
     with pytest.raises(LLMBadRequest, match="VLLM_BASE_URL"):
-        await client.chat(HELLO)
+        await client.generate(HELLO)
     await client.aclose()
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from openai.types.realtime import RealtimeErrorEvent, SessionCreatedEvent
+from openai.types.realtime.realtime_transcription_session_audio_input_turn_detection import SemanticVad
 
-from stt_engine.realtime import agreement
+from stt_engine.realtime import agreement, protocol
 from stt_engine.realtime.audio_formats import StreamDecoder
 from stt_engine.realtime.protocol import AudioFormat, ProtocolError, SessionConfig, apply_beta, apply_ga
 from stt_engine.realtime.vad import WINDOW, SpeechStarted, SpeechStopped, TurnTracker
@@ -109,3 +111,24 @@ def test_session_update_dialects() -> None:
     with pytest.raises(ProtocolError):
         apply_ga(SessionConfig(), {"type": "transcription", "audio": {"input": {"format": {"type": "audio/pcm",
                                                                                               "rate": 44100}}}})
+
+
+def test_ga_session_and_error_events_read_back_as_the_sdk_types() -> None:
+    config = apply_ga(SessionConfig(), {"type": "transcription", "include": ["item.input_audio_transcription.logprobs"],
+                                        "audio": {"input": {"turn_detection": {"type": "semantic_vad"},
+                                                            "noise_reduction": {"type": "far_field"},
+                                                            "transcription": {"language": "ko", "keywords": ["신한"]}}}})
+    created = SessionCreatedEvent.model_validate(
+        protocol.event("session.created", session=protocol.render_ga(config, "sess_1", 123)))
+    audio_input = created.session.audio.input  # type: ignore[union-attr]
+    assert isinstance(audio_input.turn_detection, SemanticVad) and audio_input.turn_detection.eagerness == "auto"
+    assert audio_input.transcription.language == "ko" and audio_input.transcription.keywords == ["신한"]
+    assert audio_input.format.rate == 24000 and audio_input.noise_reduction.type == "far_field"
+    assert created.session.include == ["item.input_audio_transcription.logprobs"]
+    # 16 kHz PCM is our extension: rendered as served, outside the SDK's Literal[24000]
+    wide = apply_ga(SessionConfig(), {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}})
+    assert protocol.render_ga(wide, "sess_2", None)["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 16000}
+    error = RealtimeErrorEvent.model_validate(protocol.error_event("no", code="invalid_value", param="session.x", event_id="e1"))
+    assert (error.error.code, error.error.param, error.error.event_id) == ("invalid_value", "session.x", "e1")
+    with pytest.raises(ProtocolError, match="session.include"):
+        apply_beta(SessionConfig(), {"include": ["item.unknown"]})

@@ -39,6 +39,18 @@ def test_request_hotwords_add_to_the_team_terms(tmp_path: Path) -> None:
     assert options.hotwords == "자동이체, 수하물, Kubernetes, 상담원"
     assert build_options(Settings(_env_file=None), {"ko"}, language="ko").hotwords is None
     assert merge_hotwords(load_vocabulary(None), "x") == "x"
+    # the caller's vocabulary, read once: building options reads no file
+    pure = build_options(Settings(_env_file=None, vocabulary_file=tmp_path / "absent.txt"), {"ko"}, language="ko",
+                         hotwords="상담원", vocabulary=parse(VOCAB))
+    assert pure.hotwords == "자동이체, 수하물, Kubernetes, 상담원"
+
+
+def test_llm_prompt_puts_the_glossary_first_for_correct_only() -> None:
+    vocabulary = parse(VOCAB)
+    assert vocabulary.llm_prompt("correct", None) == vocabulary.glossary()
+    assert vocabulary.llm_prompt("correct", "keep it short") == vocabulary.glossary() + "\nkeep it short"
+    assert vocabulary.llm_prompt("summarize", "keep it short") == "keep it short"
+    assert parse("").llm_prompt("correct", "as is") == "as is"
 
 
 @pytest.fixture(scope="module")

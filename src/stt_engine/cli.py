@@ -121,6 +121,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from stt_engine.runtime import load_engine
     from stt_engine.scheduler import Scheduler
     from stt_engine.textproc import finish_transcript
+    from stt_engine.textproc.vocabulary import load_vocabulary
 
     settings = get_settings()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -129,6 +130,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         options = build_options(
             settings, engine.supported_languages, language=args.language, task=args.task, prompt=args.prompt,
             word_timestamps=args.word_timestamps, beam_size=args.beam_size,
+            vocabulary=load_vocabulary(settings.vocabulary_file),
         )
     except STTError as exc:
         print(f"stt-engine: {exc.message}", file=sys.stderr)

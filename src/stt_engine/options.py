@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from stt_engine.config import Settings
 from stt_engine.errors import InvalidRequest, quote
 from stt_engine.openai_fields import VadParameters
-from stt_engine.textproc.vocabulary import load_vocabulary, merge_hotwords
+from stt_engine.textproc.vocabulary import Vocabulary, load_vocabulary, merge_hotwords
 from stt_engine.types import Task
 
 # faster-whisper's default schedule: decode at 0, and raise the temperature while a decode looks broken.
@@ -82,8 +82,13 @@ def build_options(
     vad_filter: bool | None = None,
     vad: VadParameters | None = None,
     logprobs: bool = False,
+    vocabulary: Vocabulary | None = None,
 ) -> TranscribeOptions:
-    """Validate a request's raw values against the server's settings; raise `InvalidRequest` with the reason."""
+    """Validate a request's raw values against the server's settings; raise `InvalidRequest` with the reason.
+
+    `vocabulary` is the team's (VOCABULARY_FILE), read by the caller once (`load_vocabulary`): its terms come first
+    in the hotwords, the request's own add to them. Pure when it is given; None still reads the file here, for the
+    callers that do not pass it yet (the API routes)."""
     for name, text in (("prompt", prompt), ("hotwords", hotwords)):
         if text and len(text) > settings.max_prompt_chars:
             raise InvalidRequest(
@@ -93,8 +98,9 @@ def build_options(
             )
     if task not in ("transcribe", "translate"):
         raise InvalidRequest(f"task must be 'transcribe' or 'translate', not {quote(task)}.", param="task")
-    if settings.vocabulary_file:  # the team's terms come first; the request's own hotwords add to them
-        hotwords = merge_hotwords(load_vocabulary(settings.vocabulary_file), hotwords)
+    if vocabulary is None:
+        vocabulary = load_vocabulary(settings.vocabulary_file)
+    hotwords = merge_hotwords(vocabulary, hotwords)
     if beam_size is not None and not 1 <= beam_size <= 20:
         raise InvalidRequest("beam_size must be between 1 and 20.", param="beam_size")
     return TranscribeOptions(

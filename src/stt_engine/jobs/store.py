@@ -150,13 +150,17 @@ class JobStore(abc.ABC):
         """Give a job back to the queue (the node is stopping, or its scheduler is full)."""
 
         def change(job: Job) -> bool:
-            if job.worker != worker or job.status != JobStatus.processing.value:
+            if job.worker != worker or not back_to_queue(job):
                 return False
-            job.status, job.worker, job.progress_seconds = JobStatus.queued.value, None, 0.0
             job.attempts = max(0, job.attempts - 1)  # handed back in good order: not a failed start
             return True
 
         return await self._mutate(job_id, change) is not None
+
+    async def requeue_orphan(self, job_id: str) -> bool:
+        """Give back a job left `processing` by a process that died; its attempt counts (that run did not end in
+        good order)."""
+        return await self._mutate(job_id, back_to_queue) is not None
 
     async def webhook_state(self, job_id: str, status: str, attempts: int) -> None:
         def change(job: Job) -> bool:
@@ -164,6 +168,14 @@ class JobStore(abc.ABC):
             return True
 
         await self._mutate(job_id, change)
+
+
+def back_to_queue(job: Job) -> bool:
+    """A `processing` job made `queued` again, its run forgotten; False (unchanged) in any other state."""
+    if job.status != JobStatus.processing.value:
+        return False
+    job.status, job.worker, job.progress_seconds = JobStatus.queued.value, None, 0.0
+    return True
 
 
 def exhausted_error(job: Job, max_attempts: int) -> dict[str, Any]:

@@ -47,14 +47,6 @@ def default_cache_dir() -> Path:
     return Path(base) / "stt-engine"
 
 
-def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _is_ready(target: Path) -> bool:
     return (
         (target / _READY_MARK).is_file()

@@ -3,7 +3,7 @@
 `PostProcessor` is what the API and CLI use; `LLMClient` is the wire-level client underneath it.
 """
 
-from stt_engine.postprocess.client import Completion, LLMClient, ModelInfo, StreamDelta, normalize_base_url
+from stt_engine.postprocess.client import LLMClient, normalize_base_url
 from stt_engine.postprocess.errors import (
     LLMAuthError,
     LLMBadRequest,
@@ -17,6 +17,7 @@ from stt_engine.postprocess.errors import (
     LLMTimeout,
     LLMUnreachable,
 )
+from stt_engine.postprocess.responses import Completion, ModelInfo, StreamDelta
 from stt_engine.postprocess.service import PostProcessor
 
 __all__ = [

@@ -148,7 +148,7 @@ async def _llm_check(client: Any, *, generate: bool) -> dict[str, Any]:
         report["model"] = await client.resolve_model()
         if generate:
             started = time.perf_counter()
-            answer = await client.chat([{"role": "user", "content": "Reply with the single word: OK"}], max_tokens=8)
+            answer = await client.generate([{"role": "user", "content": "Reply with the single word: OK"}], max_tokens=8)
             report["generation"] = {
                 "text": answer.text.strip(),
                 "latency_ms": round((time.perf_counter() - started) * 1000, 1),

@@ -8,7 +8,8 @@ model discovery through ``/v1/models`` with the context size under its several n
 retries and a whole stream included, ends within `timeout_s`.
 
 Every request goes through `_call` (one answer) or `_stream` (an SSE stream), and every byte through the HTTP client
-that `_new_sdk` gives the SDK: a limit on what a server may send fits there, in one place. An SDK client belongs to
+that `_new_sdk` gives the SDK (`transport.capped_http_client`: a limit on what a server may send, in one place). The
+SDK's exceptions become our `LLMError`s in `sdk_errors`; the answers are read in `responses`. An SDK client belongs to
 one event loop, so one `LLMClient` can be built at start-up and used from whichever loop serves requests (tests run
 several loops).
 """
@@ -20,32 +21,43 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack, overload
 
-import httpx2
 import openai
 
-from stt_engine.postprocess.errors import (
-    LLMError,
-    LLMModelNotFound,
-    LLMResponseError,
-    LLMTimeout,
-    LLMUnreachable,
-    error_from_response,
-    extract_error,
+from stt_engine.postprocess.errors import LLMError, LLMModelNotFound, LLMResponseError
+from stt_engine.postprocess.responses import (
+    Completion,
+    ModelInfo,
+    Payload,
+    StreamDelta,
+    as_dict,
+    completion_of,
+    delta_of,
+    parse_models,
+    raise_if_error,
 )
+from stt_engine.postprocess.sdk_errors import error_from_sdk
+from stt_engine.postprocess.transport import DEFAULT_MAX_RESPONSE_BYTES, capped_http_client
 
 if TYPE_CHECKING:
     from stt_engine.config import Settings
 
+__all__ = ["Completion", "LLMClient", "Message", "ModelInfo", "Sampling", "StreamDelta", "normalize_base_url"]
+
 Message = dict[str, str]
-Payload = dict[str, Any]
 
 _USER_AGENT = "stt-engine-postprocess"
-DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 _SUFFIXES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1")
-# Keys under which servers report a model's context size in /v1/models (vLLM, llama.cpp, others).
-_CONTEXT_KEYS = ("max_model_len", "context_length", "context_window", "max_context_length", "n_ctx")
+
+
+class Sampling(TypedDict, total=False):
+    """Per-call choices of a generation; each left out (or None) takes the client's default."""
+
+    model: str | None
+    max_tokens: int | None
+    temperature: float | None
+    extra: dict[str, Any] | None  # vLLM's own sampling options, ...: merged into the request's JSON as is
 
 
 def normalize_base_url(url: str) -> str:
@@ -64,65 +76,6 @@ def normalize_base_url(url: str) -> str:
     return root.rstrip("/")
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """One entry of ``GET /v1/models``; `max_model_len` is None when the server does not say."""
-
-    id: str
-    max_model_len: int | None = None
-    owned_by: str | None = None
-
-
-@dataclass(frozen=True)
-class Completion:
-    """The result of a non-streaming chat or text completion."""
-
-    text: str
-    model: str
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class StreamDelta:
-    """One piece of a streamed answer; the last ones may carry only `finish_reason` or `usage`."""
-
-    text: str = ""
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    model: str | None = None
-
-
-def _context_of(entry: dict[str, Any]) -> int | None:
-    for container in (entry, entry.get("meta") or {}):
-        if not isinstance(container, dict):
-            continue
-        for key in _CONTEXT_KEYS:
-            value = container.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-    return None
-
-
-def parse_models(payload: Any) -> list[ModelInfo]:
-    """Models from a ``/v1/models`` body (OpenAI's ``{"data": [...]}``, tolerant of extras)."""
-    data = payload.get("data") if isinstance(payload, dict) else None
-    if not isinstance(data, list):
-        raise LLMResponseError(f"/v1/models did not return a model list: {str(payload)[:200]}")
-    models = []
-    for entry in data:
-        if isinstance(entry, dict) and isinstance(entry.get("id"), str):
-            models.append(ModelInfo(entry["id"], _context_of(entry), entry.get("owned_by")))
-    return models
-
-
-def _choice_text(choice: dict[str, Any], *, chat: bool, delta: bool) -> str:
-    if not chat:
-        return str(choice.get("text") or "")
-    message = choice.get("delta" if delta else "message") or {}
-    return str(message.get("content") or "") if isinstance(message, dict) else ""
-
-
 @dataclass
 class _Cache:
     """What we learned from /v1/models; refreshed when the server says the model is gone."""
@@ -130,18 +83,6 @@ class _Cache:
     model: str | None = None
     context_tokens: int | None = None
     models: list[ModelInfo] = field(default_factory=list)
-
-
-def _as_dict(response: Any) -> Any:
-    """The SDK's object as the JSON it came from (fields the server sent, extras such as vLLM's included)."""
-    return response.to_dict() if isinstance(response, openai.BaseModel) else response
-
-
-def _raise_if_error(payload: Payload, what: str) -> None:
-    """Some proxies (and vLLM < 0.10.1 mid-stream) send an error envelope with status 200: it is an error."""
-    message, kind = extract_error(payload)
-    if message is not None and "choices" not in payload and "data" not in payload:
-        raise LLMResponseError(f"{what}: {message}", upstream_type=kind)
 
 
 class LLMClient:
@@ -206,9 +147,7 @@ class LLMClient:
             timeout=openai.Timeout(self.timeout_s, connect=self.connect_timeout_s),
             max_retries=self.max_retries,
             default_headers={"User-Agent": _USER_AGENT},
-            http_client=openai.DefaultAsyncHttpxClient(
-                transport=_CappedTransport(httpx2.AsyncHTTPTransport(), self.max_response_bytes)
-            ),
+            http_client=capped_http_client(self.max_response_bytes),
         )
 
     def _sdk(self, *, retries: int | None = None, timeout_s: float | None = None) -> openai.AsyncOpenAI:
@@ -246,37 +185,15 @@ class LLMClient:
 
     def _error(self, exc: BaseException, path: str, limit: float | None = None) -> LLMError:
         """Our `LLMError` for whatever the SDK (or the time budget of `limit` seconds) raised."""
-        url = self.url(path)
-        cause: BaseException | None = exc
-        while cause is not None:  # the size cap, however deep the SDK wrapped it
-            if isinstance(cause, ResponseTooLarge):
-                return LLMResponseError(
-                    f"{url} sent more than {cause.limit} bytes; the response was dropped (VLLM_MAX_RESPONSE_BYTES)"
-                )
-            cause = cause.__cause__ or cause.__context__
-        if isinstance(exc, openai.APIStatusError):
-            # The SDK has read the body: our parser knows vLLM's envelopes and names the setting to check.
-            response = exc.response
-            return error_from_response(response.status_code, response.content, url)
-        if isinstance(exc, openai.APITimeoutError) and type(exc.__cause__).__name__ == "ConnectTimeout":
-            return LLMUnreachable(f"Could not connect to the LLM server at {url} within {self.connect_timeout_s:g} s")
-        if isinstance(exc, (openai.APITimeoutError, TimeoutError)):
-            return LLMTimeout(f"The LLM server at {url} did not answer within {limit or self.timeout_s:g} s")
-        if isinstance(exc, openai.APIConnectionError):
-            cause = exc.__cause__
-            reason = (str(cause) or type(cause).__name__) if cause is not None else exc.message
-            return LLMUnreachable(f"Could not reach the LLM server at {url}: {reason}")
-        if isinstance(exc, openai.APIError):  # an error event inside a 200 stream
-            message, kind = extract_error({"error": exc.body}) if exc.body is not None else (exc.message, None)
-            return LLMResponseError(f"LLM server failed mid-stream: {message or exc.message}", upstream_type=kind)
-        return LLMResponseError(f"{url}: unexpected answer ({type(exc).__name__}: {exc})")
+        return error_from_sdk(exc, self.url(path), limit_s=limit or self.timeout_s,
+                              connect_timeout_s=self.connect_timeout_s)
 
     async def _call(self, path: str, request: Callable[[], Awaitable[Any]], *, timeout_s: float | None = None) -> Any:
         """Run one SDK request (with its retries) within the time budget; its answer as plain JSON values."""
         limit = self.timeout_s if timeout_s is None else timeout_s
         try:
             async with asyncio.timeout(limit):
-                return _as_dict(await request())
+                return as_dict(await request())
         except (openai.OpenAIError, TimeoutError) as exc:
             raise self._error(exc, path, limit) from exc
 
@@ -286,7 +203,7 @@ class LLMClient:
         payload = await self._call(path, request, timeout_s=timeout_s)
         if not isinstance(payload, dict):
             raise LLMResponseError(f"{self.url(path)} did not answer with a JSON object: {str(payload)[:200]!r}")
-        _raise_if_error(payload, "LLM server returned an error")
+        raise_if_error(payload, "LLM server returned an error")
         return payload
 
     # --- discovery --------------------------------------------------------------------------------
@@ -297,7 +214,7 @@ class LLMClient:
 
         async def listing() -> Payload:
             page = await sdk.models.list()
-            return {"data": [_as_dict(model) for model in page.data]}
+            return {"data": [as_dict(model) for model in page.data]}
 
         models = parse_models(await self._json("/v1/models", listing, timeout_s=timeout_s))
         self._remember(models)
@@ -335,10 +252,9 @@ class LLMClient:
 
     # --- generation -------------------------------------------------------------------------------
 
-    def _body(
-        self, model: str | None, max_tokens: int | None, temperature: float | None, extra: dict[str, Any] | None
-    ) -> Payload:
-        """The SDK call's arguments; `extra` (vLLM's own sampling options, ...) is merged into the JSON as is."""
+    def _body(self, model: str | None = None, max_tokens: int | None = None, temperature: float | None = None,
+              extra: dict[str, Any] | None = None) -> Payload:
+        """The SDK call's arguments, the client's defaults where the call leaves them out."""
         body: Payload = {
             "model": model or "",
             "max_tokens": self.max_tokens if max_tokens is None else max_tokens,
@@ -347,6 +263,25 @@ class LLMClient:
         if extra:
             body["extra_body"] = dict(extra)
         return body
+
+    @overload
+    def generate(self, request: str | Sequence[Message], *, stream: Literal[False] = False,
+                 **sampling: Unpack[Sampling]) -> Awaitable[Completion]: ...
+
+    @overload
+    def generate(self, request: str | Sequence[Message], *, stream: Literal[True],
+                 **sampling: Unpack[Sampling]) -> AsyncIterator[StreamDelta]: ...
+
+    def generate(self, request: str | Sequence[Message], *, stream: bool = False,
+                 **sampling: Unpack[Sampling]) -> Awaitable[Completion] | AsyncIterator[StreamDelta]:
+        """One generation. Chat messages go to ``POST /v1/chat/completions`` (the default, since instruct models
+        need their chat template); a plain prompt string to ``POST /v1/completions`` (raw text completion, as the
+        original `vllm_client.py` used). `stream=True` gives the answer as it comes (SSE): it ends at
+        ``data: [DONE]``, and usage-only chunks are passed on."""
+        chat = not isinstance(request, str)
+        path = "/v1/chat/completions" if chat else "/v1/completions"
+        body = {**self._body(**sampling), **({"messages": list(request)} if chat else {"prompt": request})}
+        return self._stream(path, body, chat=chat) if stream else self._generate(path, body, chat=chat)
 
     def _create(self, chat: bool) -> Callable[..., Awaitable[Any]]:
         sdk = self._sdk()
@@ -363,41 +298,7 @@ class LLMClient:
                 raise
             # The server was restarted with another model since we looked: look again, once.
             payload = await send(await self.resolve_model(refresh=True))
-        choices = payload.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise LLMResponseError(f"{self.url(path)} returned no choices: {str(payload)[:200]}")
-        return Completion(
-            text=_choice_text(choices[0], chat=chat, delta=False),
-            model=str(payload.get("model") or body["model"] or self._cache.model or ""),
-            finish_reason=choices[0].get("finish_reason"),
-            usage=payload.get("usage"),
-        )
-
-    async def chat(
-        self,
-        messages: Sequence[Message],
-        *,
-        model: str | None = None,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> Completion:
-        """``POST /v1/chat/completions``: the default, since instruct models need their chat template."""
-        body = {**self._body(model, max_tokens, temperature, extra), "messages": list(messages)}
-        return await self._generate("/v1/chat/completions", body, chat=True)
-
-    async def complete(
-        self,
-        prompt: str,
-        *,
-        model: str | None = None,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> Completion:
-        """``POST /v1/completions``: raw text completion, as the original `vllm_client.py` used."""
-        body = {**self._body(model, max_tokens, temperature, extra), "prompt": prompt}
-        return await self._generate("/v1/completions", body, chat=False)
+        return completion_of(payload, chat=chat, url=self.url(path), model=body["model"] or self._cache.model or "")
 
     async def _stream(self, path: str, body: Payload, *, chat: bool) -> AsyncIterator[StreamDelta]:
         body = {**body, "model": body["model"] or await self.resolve_model(), "stream": True}
@@ -415,52 +316,16 @@ class LLMClient:
                 # A per-read deadline, not a context manager around the yields: the time the consumer
                 # spends between chunks must not be cancelled from inside this generator.
                 try:
-                    chunk = _as_dict(await asyncio.wait_for(anext(chunks), max(0.0, deadline - loop.time())))
+                    chunk = as_dict(await asyncio.wait_for(anext(chunks), max(0.0, deadline - loop.time())))
                 except StopAsyncIteration:  # the SDK stops at `data: [DONE]`
                     return
                 except (openai.OpenAIError, TimeoutError) as exc:
                     raise self._error(exc, path) from exc
                 except ValueError as exc:
                     raise LLMResponseError(f"{self.url(path)} streamed a line that is not JSON: {exc}") from exc
-                if not isinstance(chunk, dict):
-                    raise LLMResponseError(f"{self.url(path)} streamed something that is not an object: {chunk!r:.200}")
-                _raise_if_error(chunk, "LLM server failed mid-stream")
-                choices = chunk.get("choices") or []
-                first = choices[0] if choices and isinstance(choices[0], dict) else {}
-                yield StreamDelta(
-                    text=_choice_text(first, chat=chat, delta=True),
-                    finish_reason=first.get("finish_reason"),
-                    usage=chunk.get("usage"),
-                    model=chunk.get("model"),
-                )
+                yield delta_of(chunk, chat=chat, url=self.url(path))
         finally:
             await stream.close()
-
-    def stream_chat(
-        self,
-        messages: Sequence[Message],
-        *,
-        model: str | None = None,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> AsyncIterator[StreamDelta]:
-        """Streamed chat completion (SSE). Ends at ``data: [DONE]``; usage-only chunks are passed on."""
-        body = {**self._body(model, max_tokens, temperature, extra), "messages": list(messages)}
-        return self._stream("/v1/chat/completions", body, chat=True)
-
-    def stream_complete(
-        self,
-        prompt: str,
-        *,
-        model: str | None = None,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> AsyncIterator[StreamDelta]:
-        """Streamed text completion (SSE)."""
-        body = {**self._body(model, max_tokens, temperature, extra), "prompt": prompt}
-        return self._stream("/v1/completions", body, chat=False)
 
     # --- health -----------------------------------------------------------------------------------
 
@@ -491,46 +356,3 @@ class LLMClient:
             result.update(error={"code": "llm_error", "message": f"{type(exc).__name__}: {exc}"})
         result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
         return result
-
-
-class ResponseTooLarge(httpx2.ReadError):
-    """An upstream body passed `VLLM_MAX_RESPONSE_BYTES`. A read error to the SDK, so it stops (and retries, as for
-    any broken read); `LLMClient._error` names the setting."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"response larger than {limit} bytes")
-        self.limit = limit
-
-
-class _CappedStream(httpx2.AsyncByteStream):
-    def __init__(self, inner: httpx2.AsyncByteStream, limit: int) -> None:
-        self._inner, self._limit = inner, limit
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        size = 0
-        async for chunk in self._inner:
-            size += len(chunk)
-            if size > self._limit:
-                raise ResponseTooLarge(self._limit)
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class _CappedTransport(httpx2.AsyncBaseTransport):
-    """Every byte the SDK receives, whole bodies and streams alike (a line that never ends included), counts toward
-    one bound per response: an upstream that never stops sending costs bounded memory."""
-
-    def __init__(self, inner: httpx2.AsyncBaseTransport, limit: int) -> None:
-        self._inner, self._limit = inner, limit
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = await self._inner.handle_async_request(request)
-        return httpx2.Response(
-            response.status_code, headers=response.headers, extensions=response.extensions,
-            stream=_CappedStream(response.stream, self._limit),  # type: ignore[arg-type]
-        )
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()

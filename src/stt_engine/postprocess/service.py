@@ -13,11 +13,11 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from difflib import SequenceMatcher
 from typing import TYPE_CHECKING, Any, Literal
 
-from stt_engine.postprocess.client import Completion, LLMClient
+from stt_engine.postprocess.client import LLMClient, Message
 from stt_engine.postprocess.errors import (
     LLMAuthError,
     LLMContextLengthExceeded,
@@ -26,6 +26,7 @@ from stt_engine.postprocess.errors import (
     LLMTimeout,
     LLMUnreachable,
 )
+from stt_engine.postprocess.responses import Completion
 from stt_engine.postprocess.tasks import (
     TaskRegistry,
     TaskSpec,
@@ -74,19 +75,19 @@ class _Run:
                 self.warnings.append(warning)
 
 
+@dataclass(eq=False)
 class PostProcessor:
     """Post-processing for the API and CLI; `enabled` is False (and `run` reports so) without VLLM_BASE_URL."""
 
-    def __init__(self, client: LLMClient | None, registry: TaskRegistry, *, timeout_s: float, max_tokens: int,
-                 context_tokens: int | None = None, api: Literal["chat", "completions"] = "chat") -> None:
-        self.client = client
-        self.api = api
-        self.registry = registry
-        self.timeout_s = timeout_s
-        self.max_tokens = max_tokens
-        self.context_tokens = context_tokens
-        self._health: tuple[float, dict[str, Any]] | None = None
-        self._health_check: asyncio.Future[dict[str, Any]] | None = None
+    client: LLMClient | None
+    registry: TaskRegistry
+    _: KW_ONLY
+    timeout_s: float
+    max_tokens: int
+    context_tokens: int | None = None
+    api: Literal["chat", "completions"] = "chat"
+    _health: tuple[float, dict[str, Any]] | None = field(default=None, init=False, repr=False)
+    _health_check: asyncio.Future[dict[str, Any]] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PostProcessor:
@@ -162,12 +163,8 @@ class PostProcessor:
         if len(split_text(text, job.budget)) > 1:
             yield await self._process(spec, text, prompt, language, job.state)
             return
-        messages = build_messages(spec, text, language=language, instruction=prompt)
-        if self.api == "completions":
-            deltas = self.client.stream_complete(messages_as_prompt(messages), max_tokens=job.max_tokens,
-                                                 temperature=spec.temperature)
-        else:
-            deltas = self.client.stream_chat(messages, max_tokens=job.max_tokens, temperature=spec.temperature)
+        request = self._request(build_messages(spec, text, language=language, instruction=prompt))
+        deltas = self.client.generate(request, stream=True, max_tokens=job.max_tokens, temperature=spec.temperature)
         async for delta in deltas:
             if delta.text:
                 yield delta.text
@@ -276,16 +273,17 @@ class PostProcessor:
             return _guard_correction(part, output, finish_reason, job.state)
         return output
 
+    def _request(self, messages: list[Message]) -> str | list[Message]:
+        """What the client sends: the chat messages, or for `VLLM_API=completions` one prompt made of them."""
+        return messages_as_prompt(messages) if self.api == "completions" else messages
+
     async def _call(self, job: _Job, text: str, *, combine: bool = False) -> tuple[str, str | None]:
         """One LLM request: (answer without reasoning, finish_reason)."""
         assert self.client is not None
         messages = build_messages(job.spec, text, language=job.language, instruction=job.instruction, combine=combine)
-        temperature = job.spec.temperature
-        if self.api == "completions":
-            prompt = messages_as_prompt(messages)
-            completion = await self.client.complete(prompt, max_tokens=job.max_tokens, temperature=temperature)
-        else:
-            completion = await self.client.chat(messages, max_tokens=job.max_tokens, temperature=temperature)
+        completion = await self.client.generate(
+            self._request(messages), max_tokens=job.max_tokens, temperature=job.spec.temperature
+        )
         job.state.record(completion)
         return strip_reasoning(completion.text), completion.finish_reason
 

@@ -17,6 +17,18 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from openai.types.realtime import RealtimeError, RealtimeErrorEvent
+from openai.types.realtime.audio_transcription import AudioTranscription
+from openai.types.realtime.realtime_transcription_session_audio import RealtimeTranscriptionSessionAudio
+from openai.types.realtime.realtime_transcription_session_audio_input import (
+    NoiseReduction,
+    RealtimeTranscriptionSessionAudioInput,
+)
+from openai.types.realtime.realtime_transcription_session_audio_input_turn_detection import SemanticVad, ServerVad
+from openai.types.realtime.realtime_transcription_session_create_request import (
+    RealtimeTranscriptionSessionCreateRequest,
+)
+
 Codec = Literal["pcm16", "pcmu", "pcma"]
 PCM_RATES = (24000, 16000)  # 24 kHz is OpenAI's only PCM rate; 16 kHz is our extension (no resampling needed)
 G711_RATE = 8000
@@ -62,11 +74,12 @@ class TurnDetection:
     silence_duration_ms: int = 500
     eagerness: str | None = None
 
-    def render(self) -> dict[str, Any]:
+    def sdk(self) -> ServerVad | SemanticVad:
+        """As the SDK types it; both dialects write it the same way."""
         if self.type == "semantic_vad":
-            return {"type": "semantic_vad", "eagerness": self.eagerness or "auto"}
-        return {"type": "server_vad", "threshold": self.threshold, "prefix_padding_ms": self.prefix_padding_ms,
-                "silence_duration_ms": self.silence_duration_ms}
+            return SemanticVad(type="semantic_vad", eagerness=self.eagerness or "auto")  # type: ignore[arg-type]
+        return ServerVad(type="server_vad", threshold=self.threshold, prefix_padding_ms=self.prefix_padding_ms,
+                         silence_duration_ms=self.silence_duration_ms)
 
 
 @dataclass(frozen=True)
@@ -201,12 +214,40 @@ def _noise_reduction(value: Any, param: str) -> dict[str, Any] | None:
     return out
 
 
-def _include(value: Any, param: str) -> list[str] | None:
+def _include(value: Any, param: str, allowed: tuple[str, ...] | None = None) -> list[str] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ProtocolError(f"'{param}' must be a list of strings.", param=param, code="invalid_type")
+    unknown = [v for v in value if allowed is not None and v not in allowed]
+    if unknown:
+        raise ProtocolError(f"Unsupported {param} value {unknown[0]!r}: use {', '.join(map(repr, allowed or ()))}.",
+                            param=param)
     return list(value)
+
+
+def _apply(config: SessionConfig, fields: dict[str, Any], params: dict[str, str], *, beta: bool) -> SessionConfig:
+    """The settings present in `fields` (by our names; `params` gives each one's name on the wire), parsed over
+    `config`. Both dialects carry the same settings in other places: only where they sit differs."""
+    out = config
+    if fields.get("format") is not None:
+        out = replace(out, format=(_format_beta if beta else _format_ga)(fields["format"], params["format"]))
+    if "transcription" in fields:
+        out = _transcription(fields["transcription"], params["transcription"], out)
+    if "turn_detection" in fields:
+        out = replace(out, turn_detection=_turn_detection(
+            fields["turn_detection"], params["turn_detection"], out.turn_detection))
+    if "noise_reduction" in fields:
+        out = replace(out, noise_reduction=_noise_reduction(fields["noise_reduction"], params["noise_reduction"]))
+    if "include" in fields:
+        out = replace(out, include=_include(fields["include"], "session.include", allowed=(LOGPROBS_INCLUDE,)))
+    return out
+
+
+_SETTINGS = ("format", "transcription", "turn_detection", "noise_reduction")
+# Where the beta dialect puts each setting, flat in `session`.
+_BETA_NAMES = {"format": "input_audio_format", "transcription": "input_audio_transcription",
+               "turn_detection": "turn_detection", "noise_reduction": "input_audio_noise_reduction"}
 
 
 def apply_ga(config: SessionConfig, session: Any) -> SessionConfig:
@@ -219,44 +260,22 @@ def apply_ga(config: SessionConfig, session: Any) -> SessionConfig:
             "(session.type = 'transcription', connect with ?intent=transcription).",
             param="session.type",
         )
-    out = config
     audio = session.get("audio")
-    if audio is not None:
-        audio_input = _obj(audio, "session.audio").get("input")
-        if audio_input is not None:
-            audio_input = _obj(audio_input, "session.audio.input")
-            if "format" in audio_input and audio_input["format"] is not None:
-                out = replace(out, format=_format_ga(audio_input["format"], "session.audio.input.format"))
-            if "transcription" in audio_input:
-                out = _transcription(audio_input["transcription"], "session.audio.input.transcription", out)
-            if "turn_detection" in audio_input:
-                out = replace(out, turn_detection=_turn_detection(
-                    audio_input["turn_detection"], "session.audio.input.turn_detection", out.turn_detection))
-            if "noise_reduction" in audio_input:
-                out = replace(out, noise_reduction=_noise_reduction(
-                    audio_input["noise_reduction"], "session.audio.input.noise_reduction"))
+    audio_input = _obj(audio, "session.audio").get("input") if audio is not None else None
+    audio_input = _obj(audio_input, "session.audio.input") if audio_input is not None else {}
+    fields = {name: audio_input[name] for name in _SETTINGS if name in audio_input}
     if "include" in session:
-        out = replace(out, include=_include(session["include"], "session.include"))
-    return out
+        fields["include"] = session["include"]
+    return _apply(config, fields, {name: f"session.audio.input.{name}" for name in _SETTINGS}, beta=False)
 
 
 def apply_beta(config: SessionConfig, session: Any) -> SessionConfig:
     """`transcription_session.update` (or a flat `session.update`) in the beta shape."""
     session = _obj(session, "session")
-    out = config
-    if session.get("input_audio_format") is not None:
-        out = replace(out, format=_format_beta(session["input_audio_format"], "session.input_audio_format"))
-    if "input_audio_transcription" in session:
-        out = _transcription(session["input_audio_transcription"], "session.input_audio_transcription", out)
-    if "turn_detection" in session:
-        out = replace(out, turn_detection=_turn_detection(
-            session["turn_detection"], "session.turn_detection", out.turn_detection))
-    if "input_audio_noise_reduction" in session:
-        out = replace(out, noise_reduction=_noise_reduction(
-            session["input_audio_noise_reduction"], "session.input_audio_noise_reduction"))
+    fields = {name: session[wire] for name, wire in _BETA_NAMES.items() if wire in session}
     if "include" in session:
-        out = replace(out, include=_include(session["include"], "session.include"))
-    return out
+        fields["include"] = session["include"]
+    return _apply(config, fields, {name: f"session.{wire}" for name, wire in _BETA_NAMES.items()}, beta=True)
 
 
 def is_beta_session(session: Any) -> bool:
@@ -269,21 +288,23 @@ def is_beta_session(session: Any) -> bool:
 
 # --- rendering ----------------------------------------------------------------------------------------------
 def render_ga(config: SessionConfig, session_id: str, expires_at: int | None) -> dict[str, Any]:
-    return {
-        "type": "transcription",
-        "object": "realtime.transcription_session",
-        "id": session_id,
-        "expires_at": expires_at,
-        "audio": {
-            "input": {
-                "format": config.format.ga(),
-                "transcription": config.transcription(),
-                "turn_detection": config.turn_detection.render() if config.turn_detection else None,
-                "noise_reduction": config.noise_reduction,
-            }
-        },
-        "include": config.include,
-    }
+    """The session as the SDK reads it in `session.created`/`session.updated` (its transcription session type, with
+    the `id`, `object` and `expires_at` that OpenAI's server sends besides)."""
+    session = RealtimeTranscriptionSessionCreateRequest(
+        type="transcription",
+        id=session_id,  # type: ignore[call-arg]  # extras the SDK keeps as they are
+        object="realtime.transcription_session",
+        expires_at=expires_at,
+        audio=RealtimeTranscriptionSessionAudio(input=RealtimeTranscriptionSessionAudioInput(
+            transcription=AudioTranscription(**config.transcription()),
+            turn_detection=config.turn_detection.sdk() if config.turn_detection else None,
+            noise_reduction=None if config.noise_reduction is None else NoiseReduction(**config.noise_reduction),
+        )),
+        include=config.include,  # type: ignore[arg-type]  # parsing let only the SDK's values through
+    ).to_dict()
+    # 16 kHz PCM is our extension beyond the SDK's `rate: Literal[24000]`: the format is written as we serve it
+    session["audio"]["input"]["format"] = config.format.ga()  # type: ignore[index]
+    return session
 
 
 def render_beta(config: SessionConfig, session_id: str, expires_at: int | None) -> dict[str, Any]:
@@ -294,7 +315,7 @@ def render_beta(config: SessionConfig, session_id: str, expires_at: int | None) 
         "modalities": ["text"],
         "input_audio_format": config.format.beta(),
         "input_audio_transcription": config.transcription(),
-        "turn_detection": config.turn_detection.render() if config.turn_detection else None,
+        "turn_detection": config.turn_detection.sdk().to_dict() if config.turn_detection else None,
         "input_audio_noise_reduction": config.noise_reduction,
         "include": config.include,
     }
@@ -307,5 +328,8 @@ def event(kind: str, **fields: Any) -> dict[str, Any]:
 
 def error_event(message: str, *, code: str | None, param: str | None = None, event_id: str | None = None,
                 error_type: str = "invalid_request_error") -> dict[str, Any]:
-    return event("error", error={"type": error_type, "code": code, "message": message, "param": param,
-                                 "event_id": event_id})
+    """The SDK's `RealtimeErrorEvent`; `event_id` inside `error` names the client event that failed."""
+    return RealtimeErrorEvent(
+        type="error", event_id=new_id("event"),
+        error=RealtimeError(type=error_type, code=code, message=message, param=param, event_id=event_id),
+    ).to_dict()

@@ -47,6 +47,7 @@ from stt_engine.realtime.protocol import (
     render_ga,
 )
 from stt_engine.realtime.vad import SpeechStarted, SpeechStopped, StreamingVad, TurnTracker
+from stt_engine.textproc.vocabulary import load_vocabulary
 from stt_engine.types import Transcript
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class RealtimeSession:
         self._transcribe = transcribe
         self._metrics = metrics
         self.config = SessionConfig()
+        self._vocabulary = load_vocabulary(settings.vocabulary_file)  # read once a session, not on every update
         self._options = self._build_options(self.config)
         self._decoder = StreamDecoder(self.config.format)
         self._vad = StreamingVad()
@@ -459,7 +461,7 @@ class RealtimeSession:
         return build_options(self.settings, self.languages, language=config.language, prompt=config.prompt,
                              vad_filter=None if config.turn_detection is None else False,
                              hotwords=merge_keywords(None, config.keywords),
-                             logprobs=LOGPROBS_INCLUDE in (config.include or []))
+                             logprobs=LOGPROBS_INCLUDE in (config.include or []), vocabulary=self._vocabulary)
 
     def _early_final_pause(self) -> float:
         td = self.config.turn_detection
