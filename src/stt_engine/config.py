@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     whisper_solo_instance: bool = Field(
         True, description="On CPU with several workers, a second model instance decodes a lone window on all cores."
     )
+    whisper_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Extra models served beside WHISPER_MODEL (names or folders, commas); "
+        "a request's `model` picks one (docs/models.md)."
+    )
+    model_ttl_s: float = Field(600.0, ge=0, description="An extra model idle this long is unloaded; 0 = never.")
+    model_memory_mb: int = Field(
+        0, ge=0, description="Memory all loaded models may take (estimated from model.bin); 0 = no budget."
+    )
+    models_preload: bool = Field(False, description="Load the WHISPER_MODELS at start instead of on first use.")
     models_dir: Path = Path("models")
     model_cache_dir: Path | None = Field(None, description="Where the bundled model is assembled.")
     verify_model: bool = Field(True, description="Check model files against manifest.json at start-up.")
@@ -181,7 +190,9 @@ class Settings(BaseSettings):
     )
     diarize_cpu_threads: int = Field(0, ge=0, description="Threads of one diarization; 0 = half the cores (at least 1).")
 
-    @field_validator("api_keys", "auth_open_paths", "cors_origins", "webhook_allowed_hosts", mode="before")
+    @field_validator(
+        "api_keys", "auth_open_paths", "cors_origins", "webhook_allowed_hosts", "whisper_models", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

