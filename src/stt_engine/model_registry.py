@@ -47,7 +47,7 @@ class ServedModel:
     last_used: float = 0.0
     loads: int = 0
     load_seconds: float | None = None
-    freed_mb: float | None = None  # resident memory the last unload gave back
+    freed_mb: float | None = None  # resident memory the last unload gave back (None until that unload is done)
     loading: asyncio.Future[Scheduler] | None = None
 
     @property
@@ -121,6 +121,11 @@ class ModelRegistry:
             model.loading = asyncio.ensure_future(self._load(model))
         return await asyncio.shield(model.loading)
 
+    def loaded(self, name: str | None) -> Scheduler | None:
+        """The scheduler of the model `name` picks if it is loaded now. Requests keep the name, not the scheduler:
+        a keep-alive connection holds its last request's state, which must not keep an unloaded model alive."""
+        return self.lookup(name).scheduler
+
     # --- loading and unloading --------------------------------------------------------------------------
     async def _load(self, model: ServedModel) -> Scheduler:
         assert model.name is not None
@@ -140,7 +145,7 @@ class ModelRegistry:
                                    code="model_load_failed") from None
                 scheduler = build_scheduler(engine, self.settings, self.metrics)
                 await warm_up(scheduler)
-                model.engine, model.scheduler, model.memory_mb = engine, scheduler, need
+                model.engine, model.scheduler, model.memory_mb, model.freed_mb = engine, scheduler, need, None
                 model.load_seconds = time.perf_counter() - started
                 model.loads += 1
                 model.last_used = self.clock()

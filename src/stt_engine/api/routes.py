@@ -16,7 +16,7 @@ from stt_engine.api.schemas import (
     TranscriptionVerbose,
 )
 from stt_engine.api.security import is_authenticated
-from stt_engine.api.transcription import stream_upload, transcribe_upload
+from stt_engine.api.transcription import picked_scheduler, stream_upload, transcribe_upload
 from stt_engine.api.web import web_page
 from stt_engine.errors import InvalidRequest, NotReady, quote
 from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render, text_report
@@ -137,8 +137,8 @@ async def metrics(request: Request) -> Response:
 
 def model_languages(request: Request) -> frozenset[str]:
     """The loaded model's languages (options are parsed only once it is loaded; before, the route answers 503)."""
-    scheduler = getattr(request.state, "scheduler", None)  # the model the request picked (`model`)
-    engine = scheduler.engine if scheduler is not None else request.app.state.engine
+    scheduler = picked_scheduler(request)
+    engine = scheduler.engine if scheduler is not None else None
     if engine is None:
         raise NotReady("The model is still loading; retry in a few seconds.", headers={"Retry-After": "5"})
     return engine.supported_languages
@@ -299,7 +299,8 @@ async def _openai_audio(
     max_speakers: int | None = None,
     model: str | None = None,
 ) -> Response:
-    request.state.scheduler = await request.app.state.models.scheduler_for(model)  # 404 for an unknown id
+    await request.app.state.models.scheduler_for(model)  # loads it if needed; 404 for an unknown id
+    request.state.model = model
     fmt = parse_format(response_format)
     extra = RequestFields.from_form(await request.form()) if task == "transcribe" else RequestFields()
     split = split_channels_choice(request.app.state.settings, channels)

@@ -163,8 +163,9 @@ class TranscriptionResult:
 
 
 def picked_scheduler(request: Request) -> Scheduler | None:
-    """The scheduler of the model the request picked (`model`, set by the route), else the default model's."""
-    return getattr(request.state, "scheduler", None) or request.app.state.scheduler
+    """The scheduler of the model the request picked (its `model`, kept by the route), else the default model's;
+    None while it is not loaded."""
+    return request.app.state.models.loaded(getattr(request.state, "model", None))
 
 
 async def _wait_for_disconnect(request: Request) -> None:
