@@ -99,3 +99,12 @@ def test_a_load_past_the_budget_is_refused_with_503(tmp_path: Path) -> None:
     assert caught.value.status == 503 and caught.value.code == "model_memory_exceeded"
     assert "needs about 400 MB" in caught.value.message and "MODEL_MEMORY_MB=600" in caught.value.message
     assert registry.extra["small"].scheduler is None and registry.extra["small"].loading is None
+
+
+def test_bundled_small_refuses_clearly_while_its_parts_are_incomplete() -> None:
+    from stt_engine.errors import ModelNotFound
+    from stt_engine.models.resolve import find_named_model
+
+    with pytest.raises(ModelNotFound) as caught:
+        find_named_model(Settings(_env_file=None), "bundled-small")
+    assert "WHISPER_MODELS" in caught.value.message and "stt-engine download small" in caught.value.message
