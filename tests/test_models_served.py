@@ -9,6 +9,7 @@ models/bundled.py), so that comparison runs only when a Whisper small folder is 
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import time
@@ -19,6 +20,7 @@ import openai
 import pytest
 from openai import OpenAI
 
+from tests.realtime_support import pcm16, silence, stream_sdk
 from tests.support import SHARED_AUDIO, clip, error_rate, running_server
 
 TTL_S = 3.0
@@ -37,7 +39,8 @@ def _tiny_en() -> Path:
 
 @pytest.fixture(scope="module")
 def two_models() -> str:
-    env = {"WHISPER_MODELS": f"tiny-en={_tiny_en()}", "MODEL_TTL_S": str(TTL_S), "WHISPER_MODEL": "bundled"}
+    env = {"WHISPER_MODELS": f"tiny-en={_tiny_en()}", "MODEL_TTL_S": str(TTL_S), "WHISPER_MODEL": "bundled",
+           "REALTIME_PARTIAL_MODEL": "tiny-en"}
     with running_server(env) as base:
         yield base
 
@@ -105,6 +108,29 @@ def test_idle_model_unloads_after_the_ttl_and_loads_again(two_models: str) -> No
     again = _transcribe(two_models, ENGLISH, "tiny-en")
     assert again.text == first.text
     assert _listed(two_models)["tiny-en"]["loads"] == loads + 1
+
+
+@pytest.mark.model
+def test_live_partials_from_the_partial_model_finals_from_the_session_model(two_models: str) -> None:
+    """REALTIME_PARTIAL_MODEL=tiny-en: an English-only model decodes the partials, yet a Korean turn's completed
+    text is Korean and accurate: the final is the session's (default) model's, so its accuracy is unchanged."""
+    korean, english = clip("ko/ett_pma00031.wav"), clip("en/librispeech_1089-134686-0000.flac")
+    audio = silence(0.5) + pcm16(korean.path) + silence(2.0) + pcm16(english.path) + silence(1.5)
+    session = {"type": "transcription", "audio": {"input": {
+        "format": {"type": "audio/pcm", "rate": 24000}, "transcription": {"model": "whisper-1"},
+        "turn_detection": {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
+                           "silence_duration_ms": 1000}}}}
+    stream = asyncio.run(stream_sdk(two_models, audio, session, expect_items=2, settle_s=60))
+    completed = stream.completed()
+    assert len(completed) == 2, [e for _, e in stream.events]
+    starts = stream.of("input_audio_buffer.speech_started")
+    for c, done, (t_start, _) in zip((korean, english), completed, starts):
+        deltas = stream.deltas(done["item_id"])
+        print(f"{c.language}: {error_rate(done['transcript'], c):.3f} {done['transcript']!r}; first delta "
+              f"{deltas[0][0] - t_start if deltas else float('nan'):.2f} s after speech_started")
+        assert error_rate(done["transcript"], c) <= 0.25, done["transcript"]
+    assert any("\uac00" <= ch <= "\ud7a3" for ch in completed[0]["transcript"])  # tiny.en writes no Korean
+    assert _listed(two_models)["tiny-en"]["loads"] >= 1  # the partials used it
 
 
 SMALL_CLIPS = ["ko/ett_pfi00017.wav", "ko/ett_pma00031.wav", "ko/ett_pmb00001.wav", KOREAN]

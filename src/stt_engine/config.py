@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     realtime_partial_interval_ms: float = Field(
         500.0, ge=100, le=5000, description="How often an open turn is re-decoded for partial text."
     )
+    realtime_partial_model: str | None = Field(
+        None, description="A served model id that decodes live partials; finals stay the session's model's."
+    )
 
     # --- post-processing (vLLM or any OpenAI-compatible server) ---------------------------------
     vllm_base_url: str | None = None
@@ -201,7 +204,8 @@ class Settings(BaseSettings):
 
     @field_validator(
         "whisper_model", "whisper_default_language", "vllm_base_url", "vllm_model", "jobs_url",
-        "server_ssl_certfile", "server_ssl_keyfile", "diarization_model_dir", mode="before"
+        "server_ssl_certfile", "server_ssl_keyfile", "diarization_model_dir", "realtime_partial_model",
+        mode="before"
     )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:

@@ -83,6 +83,9 @@ class ModelRegistry:
         extra = parse_entries(settings.whisper_models, [settings.whisper_model] if settings.whisper_model else [])
         self.extra: dict[str, ServedModel] = {e.id: ServedModel(e.id, e.name) for e in extra}
         self._lock = asyncio.Lock()  # one load or unload at a time: the budget sees every change
+        partial = settings.realtime_partial_model
+        if partial and partial not in self.extra and partial not in OPENAI_ALIASES | {settings.whisper_model}:
+            raise ValueError(f"REALTIME_PARTIAL_MODEL={partial!r} is not a served model: give an id of WHISPER_MODELS")
 
     # --- the default model (loaded by the app's start-up) ----------------------------------------------
     def set_default(self, engine: SpeechEngine, scheduler: Scheduler) -> None:

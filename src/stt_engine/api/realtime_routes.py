@@ -77,6 +77,20 @@ def _scheduler_call(scheduler: Scheduler) -> Any:
     return transcribe
 
 
+async def _partial_model(state: Any, settings: Settings) -> Any:
+    """REALTIME_PARTIAL_MODEL's transcribe call, or None: the session's model does partials too. The model is
+    looked up for each partial, so one unloaded after MODEL_TTL_S loads again (a load that fails skips a partial)."""
+    name = settings.realtime_partial_model
+    if not name or state.models.lookup(name) is state.models.default:  # an unknown id stopped the server at start
+        return None
+
+    async def transcribe(samples: np.ndarray, options: TranscribeOptions) -> Transcript:
+        scheduler = await state.models.scheduler_for(name)
+        return await _scheduler_call(scheduler)(samples, options)
+
+    return transcribe
+
+
 @router.websocket("/v1/realtime")
 async def realtime(websocket: WebSocket) -> None:
     state = websocket.app.state
@@ -143,7 +157,8 @@ async def realtime(websocket: WebSocket) -> None:
     beta = "realtime=v1" in (websocket.headers.get("openai-beta") or "")
     session = RealtimeSession(settings, state.engine.supported_languages, send, _scheduler_call(state.scheduler),
                               beta=beta, metrics=metrics,
-                              expires_at=int(time.time() + settings.realtime_max_session_s))
+                              expires_at=int(time.time() + settings.realtime_max_session_s),
+                              partial_transcribe=await _partial_model(state, settings))
     try:
         await session.start()
         while not closed:
