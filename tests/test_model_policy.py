@@ -108,3 +108,24 @@ def test_bundled_small_refuses_clearly_while_its_parts_are_incomplete() -> None:
     with pytest.raises(ModelNotFound) as caught:
         find_named_model(Settings(_env_file=None), "bundled-small")
     assert "WHISPER_MODELS" in caught.value.message and "stt-engine download small" in caught.value.message
+
+
+def test_api_unknown_id_is_404_and_a_missing_folder_is_503(tmp_path: Path) -> None:
+    from tests.support import SHARED_AUDIO, app_client
+
+    audio = {"file": ("jfk.flac", (SHARED_AUDIO / "en" / "jfk.flac").read_bytes())}
+    with app_client(tmp_path, whisper_models=[f"gone={tmp_path / 'gone'}"]) as client:
+        listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+        assert listed["gone"]["loaded"] is False and listed["gone"]["default"] is False
+        unknown = client.post("/v1/audio/transcriptions", files=audio, data={"model": "no-such-model"})
+        assert unknown.status_code == 404
+        assert unknown.json()["error"]["code"] == "model_not_found"
+        assert unknown.json()["error"]["type"] == "invalid_request_error"
+        missing = client.post("/v1/audio/transcriptions", files=audio, data={"model": "gone"})
+        assert missing.status_code == 503 and "was not found" in missing.json()["error"]["message"]
+        assert client.post("/v1/audio/transcriptions", files=audio, data={"model": "whisper-1"}).status_code == 200
+
+
+def test_an_unserved_partial_model_stops_the_server_at_start() -> None:
+    with pytest.raises(ValueError, match="REALTIME_PARTIAL_MODEL"):
+        ModelRegistry(Settings(_env_file=None, realtime_partial_model="small"))

@@ -299,8 +299,6 @@ async def _openai_audio(
     max_speakers: int | None = None,
     model: str | None = None,
 ) -> Response:
-    await request.app.state.models.scheduler_for(model)  # loads it if needed; 404 for an unknown id
-    request.state.model = model
     fmt = parse_format(response_format)
     extra = RequestFields.from_form(await request.form()) if task == "transcribe" else RequestFields()
     split = split_channels_choice(request.app.state.settings, channels)
@@ -314,6 +312,8 @@ async def _openai_audio(
             param="timestamp_granularities", code="invalid_timestamp_granularities",
         )
     words = "word" in {g.strip() for g in granularities}
+    await request.app.state.models.scheduler_for(model)  # 404 for an unknown id; loads it if needed
+    request.state.model = model
     options = build_options(
         request.app.state.settings, model_languages(request), language=language, task=task, prompt=prompt,
         temperature=temperature, word_timestamps=words, hotwords=merge_keywords(hotwords, extra.keywords),
