@@ -10,13 +10,17 @@ models/bundled.py), so that comparison runs only when a Whisper small folder is 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import time
+from typing import Any
 
 import httpx
 import openai
 import pytest
 from openai import OpenAI
+from websockets.sync.client import connect
 
 from tests.realtime_support import pcm16, silence, stream_sdk, vad_session
 from tests.support import SHARED_AUDIO, clip, error_rate, running_server, tiny_en_model
@@ -117,6 +121,36 @@ def test_live_partials_from_the_partial_model_finals_from_the_session_model(two_
         assert error_rate(done["transcript"], c) <= 0.25, done["transcript"]
     assert any("\uac00" <= ch <= "\ud7a3" for ch in completed[0]["transcript"])  # tiny.en writes no Korean
     assert _listed(two_models)["tiny-en"]["loads"] >= 1  # the partials used it
+
+
+def _session_update(ws: Any, model: str) -> dict[str, Any]:
+    ws.send(json.dumps({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+        "format": {"type": "audio/pcm", "rate": 24000}, "transcription": {"model": model},
+        "turn_detection": None}}}}))
+    while True:
+        event = json.loads(ws.recv(timeout=60))
+        if event["type"] in ("session.updated", "error"):
+            return event
+
+
+@pytest.mark.model
+def test_a_live_session_decodes_with_its_transcription_model(two_models: str) -> None:
+    url = two_models.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
+    with connect(url, max_size=None) as ws:
+        assert json.loads(ws.recv(timeout=60))["type"] == "session.created"
+        refused = _session_update(ws, "no-such-model")
+        assert refused["type"] == "error" and refused["error"]["code"] == "model_not_found", refused
+        assert _session_update(ws, "tiny-en")["type"] == "session.updated"  # the session went on
+        audio = pcm16(clip(KOREAN).path)
+        for offset in range(0, len(audio), 32000):
+            ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                "audio": base64.b64encode(audio[offset: offset + 32000]).decode()}))
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        while (event := json.loads(ws.recv(timeout=300)))["type"] not in (
+                "conversation.item.input_audio_transcription.completed", "error"):
+            pass
+    assert event["type"] != "error", event
+    assert not any("\uac00" <= ch <= "\ud7a3" for ch in event["transcript"]), event  # tiny.en's, not base's
 
 
 SMALL_CLIPS = ["ko/ett_pfi00017.wav", "ko/ett_pma00031.wav", "ko/ett_pmb00001.wav", KOREAN]

@@ -83,7 +83,8 @@ class _Item:
 class RealtimeSession:
     def __init__(self, settings: Settings, languages: Collection[str], send: Send, transcribe: Transcribe, *,
                  beta: bool = False, metrics: Any = None, expires_at: int | None = None,
-                 partial_transcribe: Transcribe | None = None) -> None:
+                 partial_transcribe: Transcribe | None = None, check_model: Callable[[str], Any] | None = None
+                 ) -> None:
         self.settings = settings
         self.languages = languages
         self.id = new_id("sess")
@@ -94,6 +95,7 @@ class RealtimeSession:
         # REALTIME_PARTIAL_MODEL: partials from a faster model are a preview; the final text is `transcribe`'s own
         self._transcribe_partial = partial_transcribe or transcribe
         self._preview_partials = partial_transcribe is not None
+        self._check_model = check_model  # raises for a `transcription.model` the server does not serve
         self._metrics = metrics
         self.config = SessionConfig()
         self._options = self._build_options(self.config)
@@ -179,6 +181,8 @@ class RealtimeSession:
         beta = message["type"] == "transcription_session.update" or is_beta_session(session)
         config = (apply_beta if beta else apply_ga)(self.config, session)
         options = self._build_options(config)  # validates language and prompt before anything changes
+        if self._check_model is not None and config.model != self.config.model:
+            self._check_model(config.model)
         if config.format != self.config.format:
             self._decoder = StreamDecoder(config.format)
         if config.turn_detection != self.config.turn_detection:
