@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     whisper_solo_instance: bool = Field(
         True, description="On CPU with several workers, a second model instance decodes a lone window on all cores."
     )
+    models_dir: Path = Path("models")
+    model_cache_dir: Path | None = Field(None, description="Where the bundled model is assembled.")
+    verify_model: bool = Field(True, description="Check model files against manifest.json at start-up.")
     whisper_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Extra models served beside WHISPER_MODEL (names or folders, commas); "
         "a request's `model` picks one (docs/models.md)."
@@ -49,9 +52,6 @@ class Settings(BaseSettings):
         0, ge=0, description="Memory all loaded models may take (estimated from model.bin); 0 = no budget."
     )
     models_preload: bool = Field(False, description="Load the WHISPER_MODELS at start instead of on first use.")
-    models_dir: Path = Path("models")
-    model_cache_dir: Path | None = Field(None, description="Where the bundled model is assembled.")
-    verify_model: bool = Field(True, description="Check model files against manifest.json at start-up.")
 
     # --- server -------------------------------------------------------------------------------
     server_host: str = "0.0.0.0"
