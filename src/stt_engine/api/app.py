@@ -21,6 +21,7 @@ from stt_engine.api.diarization import router as diarization_router
 from stt_engine.api.errors import install_error_handlers
 from stt_engine.api.jobs_routes import router as jobs_router
 from stt_engine.api.middleware import BodyGuardMiddleware, RequestContextMiddleware, WorkInFlight
+from stt_engine.api.models_routes import router as models_router
 from stt_engine.api.postprocess_routes import router as postprocess_router
 from stt_engine.api.realtime_routes import router as realtime_router
 from stt_engine.api.routes import router
@@ -32,6 +33,7 @@ from stt_engine.errors import STTError
 from stt_engine.jobs.service import start_jobs, stop_jobs
 from stt_engine.memory import MemoryReclaimer
 from stt_engine.metrics import Metrics
+from stt_engine.model_registry import ModelRegistry
 from stt_engine.models import ResolvedModel
 from stt_engine.postprocess.service import PostProcessor
 from stt_engine.runtime import build_scheduler, load_engine, warm_up
@@ -54,11 +56,14 @@ def create_app(
         app.state.postprocessor = PostProcessor.from_settings(settings)
         app.state.decoders = decoder.start(settings)  # uploads are parsed only in these child processes
         loader = asyncio.ensure_future(_load(app, settings, model, engine))
+        reaper = asyncio.ensure_future(app.state.models.run_reaper())
         app.state.jobs = await start_jobs(app, settings)
         try:
             yield
         finally:
             loader.cancel()
+            reaper.cancel()
+            await app.state.models.close(settings.shutdown_grace_s)
             await stop_jobs(app)  # running jobs go back to the queue before the scheduler stops
             scheduler: Scheduler | None = app.state.scheduler
             if scheduler is not None:
@@ -86,6 +91,7 @@ def create_app(
     app.state.started_at = time.time()
     app.state.memory = MemoryReclaimer()
     app.state.metrics = Metrics(get_scheduler=lambda: app.state.scheduler, memory=app.state.memory)
+    app.state.models = ModelRegistry(settings, app.state.metrics)
     install_error_handlers(app)
     # add_middleware wraps: the last added runs first. Order, outside in: request id/access log/metrics, CORS,
     # API key (an unauthenticated upload gets 401, not 413), upload size guard.
@@ -98,6 +104,7 @@ def create_app(
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, router=app.router,
                        work=app.state.work_in_flight, memory=app.state.memory)
     app.include_router(router)
+    app.include_router(models_router)
     app.include_router(diarization_router)
     app.include_router(postprocess_router)
     install_docs(app, settings)
@@ -160,6 +167,7 @@ async def _load(app: FastAPI, settings: Settings, model: ResolvedModel | None, g
         metrics.model_load_seconds.set(time.perf_counter() - started)
         app.state.scheduler = build_scheduler(engine, settings, metrics)
         app.state.engine = engine
+        app.state.models.set_default(engine, app.state.scheduler)
         app.state.load_status = "warming_up"
         started = time.perf_counter()
         await warm_up(app.state.scheduler)
@@ -168,6 +176,8 @@ async def _load(app: FastAPI, settings: Settings, model: ResolvedModel | None, g
         metrics.model_ready.set(1)
         app.state.load_status = "ok"
         log.info("ready: serving %s on %s", engine.resolved.name, engine.device)
+        if settings.models_preload:
+            await app.state.models.preload()
     except STTError as exc:
         app.state.load_status = "error"
         app.state.load_error = exc.message

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,26 @@ def _scheduler_call(scheduler: Scheduler) -> Any:
         return await scheduler.transcribe(
             DecodedAudio(samples, "realtime", SAMPLE_RATE, 1), options, priority=Priority.LIVE
         )
+
+    return transcribe
+
+
+async def _partial_model(state: Any, settings: Settings) -> Any:
+    """REALTIME_PARTIAL_MODEL's transcribe call, or None: the session's model does partials too. The model is
+    looked up for each partial, so one unloaded after MODEL_TTL_S loads again (a load that fails skips a partial)."""
+    name = settings.realtime_partial_model
+    if not name or state.models.lookup(name) is state.models.default:  # an unknown id stopped the server at start
+        return None
+    return _model_call(state, lambda: name)
+
+
+def _model_call(state: Any, model: Callable[[], str | None]) -> Any:
+    """A live session's transcribe call on the model `model()` names now (the session's `transcription.model`,
+    checked when the client sets it): looked up for each decode, so one unloaded after MODEL_TTL_S loads again."""
+
+    async def transcribe(samples: np.ndarray, options: TranscribeOptions) -> Transcript:
+        scheduler = await state.models.scheduler_for(model())
+        return await _scheduler_call(scheduler)(samples, options)
 
     return transcribe
 
@@ -141,9 +162,11 @@ async def realtime(websocket: WebSocket) -> None:
         metrics.realtime_sessions.inc()
     deadline = time.monotonic() + settings.realtime_max_session_s
     beta = "realtime=v1" in (websocket.headers.get("openai-beta") or "")
-    session = RealtimeSession(settings, state.engine.supported_languages, send, _scheduler_call(state.scheduler),
-                              beta=beta, metrics=metrics,
-                              expires_at=int(time.time() + settings.realtime_max_session_s))
+    session = RealtimeSession(settings, state.engine.supported_languages, send,
+                              _model_call(state, lambda: session.config.model), beta=beta, metrics=metrics,
+                              expires_at=int(time.time() + settings.realtime_max_session_s),
+                              partial_transcribe=await _partial_model(state, settings),
+                              check_model=state.models.lookup)
     try:
         await session.start()
         while not closed:

@@ -16,9 +16,9 @@ from stt_engine.api.schemas import (
     TranscriptionVerbose,
 )
 from stt_engine.api.security import is_authenticated
-from stt_engine.api.transcription import stream_upload, transcribe_upload
+from stt_engine.api.transcription import picked_scheduler, stream_upload, transcribe_upload
 from stt_engine.api.web import web_page
-from stt_engine.errors import InvalidRequest, NotReady, STTError, quote
+from stt_engine.errors import InvalidRequest, NotReady, quote
 from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render, text_report
 from stt_engine.metrics import CONTENT_TYPE
 from stt_engine.openai_fields import RequestFields, merge_keywords, transcript_logprobs, usage
@@ -137,7 +137,8 @@ async def metrics(request: Request) -> Response:
 
 def model_languages(request: Request) -> frozenset[str]:
     """The loaded model's languages (options are parsed only once it is loaded; before, the route answers 503)."""
-    engine = request.app.state.engine
+    scheduler = picked_scheduler(request)
+    engine = scheduler.engine if scheduler is not None else None
     if engine is None:
         raise NotReady("The model is still loading; retry in a few seconds.", headers={"Retry-After": "5"})
     return engine.supported_languages
@@ -296,6 +297,7 @@ async def _openai_audio(
     known_speaker_references: list[str] | None = None,
     min_speakers: int | None = None,
     max_speakers: int | None = None,
+    model: str | None = None,
 ) -> Response:
     fmt = parse_format(response_format)
     extra = RequestFields.from_form(await request.form()) if task == "transcribe" else RequestFields()
@@ -310,6 +312,8 @@ async def _openai_audio(
             param="timestamp_granularities", code="invalid_timestamp_granularities",
         )
     words = "word" in {g.strip() for g in granularities}
+    await request.app.state.models.scheduler_for(model)  # 404 for an unknown id; loads it if needed
+    request.state.model = model
     options = build_options(
         request.app.state.settings, model_languages(request), language=language, task=task, prompt=prompt,
         temperature=temperature, word_timestamps=words, hotwords=merge_keywords(hotwords, extra.keywords),
@@ -368,7 +372,8 @@ _OPENAI_JSON = TranscriptionVerbose | TranscriptionDiarized | TranscriptionJson
 async def openai_transcriptions(
     request: Request,
     file: FileField = None,
-    model: Annotated[str | None, Form(description="Any value; the loaded model answers")] = None,
+    model: Annotated[str | None, Form(max_length=200, description="A served model's id (GET /v1/models); "
+                                      "OpenAI's names mean the default model")] = None,
     language: LanguageField = None,
     prompt: Annotated[str | None, Form()] = None,
     response_format: Annotated[str | None, Form(description=_FORMAT_HELP)] = None,
@@ -396,7 +401,7 @@ async def openai_transcriptions(
     return await _openai_audio(
         request, "transcribe", file, language, prompt, response_format, temperature, timestamp_granularities,
         hotwords, postprocess, postprocess_prompt, stream, redact, channels, known_speaker_names, normalize,
-        diarize, known_speaker_references, min_speakers, max_speakers,
+        diarize, known_speaker_references, min_speakers, max_speakers, model=model,
     )
 
 
@@ -407,7 +412,7 @@ async def openai_transcriptions(
 async def openai_translations(
     request: Request,
     file: FileField = None,
-    model: Annotated[str | None, Form()] = None,
+    model: Annotated[str | None, Form(max_length=200)] = None,
     prompt: Annotated[str | None, Form()] = None,
     response_format: Annotated[str | None, Form(description=_FORMAT_HELP)] = None,
     temperature: Annotated[float | None, Form()] = None,
@@ -415,35 +420,8 @@ async def openai_translations(
 ) -> Response:
     return await _openai_audio(
         request, "translate", file, None, prompt, response_format, temperature, None, None, None, None,
-        redact=redact,
+        redact=redact, model=model,
     )
-
-
-def _served_models(request: Request) -> list[dict[str, Any]]:
-    engine = request.app.state.engine
-    created = int(request.app.state.started_at)
-    names = ["whisper-1"]
-    if engine is not None:
-        names.insert(0, engine.resolved.name)
-    return [{"id": n, "object": "model", "created": created, "owned_by": "stt-engine"} for n in names]
-
-
-@router.get("/v1/models", tags=["openai"], summary="The served model")
-async def openai_models(request: Request) -> JSONResponse:
-    return JSONResponse({"object": "list", "data": _served_models(request)})
-
-
-@router.get("/v1/models/{model_id:path}", tags=["openai"], summary="One served model (the SDK's models.retrieve)")
-async def openai_model(request: Request, model_id: str) -> JSONResponse:
-    for entry in _served_models(request):
-        if entry["id"] == model_id:
-            return JSONResponse(entry)
-    error = STTError(
-        f"The model {quote(model_id)} does not exist on this server; GET /v1/models lists the served ones.",
-        status=404, code="model_not_found", param="model",
-    )
-    error.error_type = "invalid_request_error"  # OpenAI's type for an unknown model id
-    raise error
 
 
 @router.get("/", include_in_schema=False)

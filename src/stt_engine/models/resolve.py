@@ -20,7 +20,13 @@ from pathlib import Path
 
 from stt_engine.config import Settings
 from stt_engine.errors import ModelNotFound
-from stt_engine.models.bundled import BUNDLED_NAME, assemble_bundled_model, bundled_parts_available
+from stt_engine.models.bundled import (
+    BUNDLED_NAME,
+    SMALL_NAME,
+    assemble_bundled_model,
+    assemble_bundled_small,
+    bundled_parts_available,
+)
 from stt_engine.models.catalog import canonical_name
 from stt_engine.models.verify import MANIFEST_NAME, require_verified
 
@@ -71,7 +77,43 @@ def describe_missing(name: str | None, models_dir: Path) -> str:
 
 def resolve_model(settings: Settings) -> ResolvedModel:
     """Find the model folder to load, following the documented order, and verify it against its manifest."""
-    model = find_model(settings)
+    return verify(settings, find_model(settings))
+
+
+def find_model(settings: Settings) -> ResolvedModel:
+    """The folder `resolve_model` would load, without verifying it (for `models verify` and `bundle`)."""
+    models_dir = settings.models_dir
+    name = settings.whisper_model
+    if name:
+        return find_named_model(settings, name)
+
+    default = models_dir / DEFAULT_MODEL_DIRNAME
+    if _is_candidate(default):
+        return ResolvedModel(default.resolve(), DEFAULT_MODEL_DIRNAME, "models_dir")
+    if bundled_parts_available():
+        return _bundled(settings)
+    raise ModelNotFound(describe_missing(None, models_dir))
+
+
+def find_named_model(settings: Settings, name: str) -> ResolvedModel:
+    """The folder a model name stands for (WHISPER_MODEL, or one of WHISPER_MODELS), without verifying it."""
+    models_dir = settings.models_dir
+    if name in ("bundled", BUNDLED_NAME, "base-bundled"):
+        return _bundled(settings)
+    if name in ("bundled-small", SMALL_NAME, "small-bundled"):
+        return ResolvedModel(assemble_bundled_small(settings.model_cache_dir), "whisper-small (bundled)", "bundled")
+    direct = Path(name).expanduser()
+    if _is_candidate(direct):
+        return ResolvedModel(direct.resolve(), direct.name, "setting")
+    for dirname in candidate_dirnames(name):
+        candidate = models_dir / dirname
+        if _is_candidate(candidate):
+            return ResolvedModel(candidate.resolve(), dirname, "setting")
+    raise ModelNotFound(describe_missing(name, models_dir))
+
+
+def verify(settings: Settings, model: ResolvedModel) -> ResolvedModel:
+    """`model` after its manifest check (VERIFY_MODEL): raises `ModelVerificationError` on a damaged copy."""
     if settings.verify_model:
         started = time.monotonic()
         result = require_verified(model.path)
@@ -81,30 +123,6 @@ def resolve_model(settings: Settings) -> ResolvedModel:
             log.warning("model %s has no manifest.json: not verified (`stt-engine models manifest DIR` adds one)",
                         model.path)
     return model
-
-
-def find_model(settings: Settings) -> ResolvedModel:
-    """The folder `resolve_model` would load, without verifying it (for `models verify` and `bundle`)."""
-    models_dir = settings.models_dir
-    name = settings.whisper_model
-    if name:
-        if name in ("bundled", BUNDLED_NAME, "base-bundled"):
-            return _bundled(settings)
-        direct = Path(name).expanduser()
-        if _is_candidate(direct):
-            return ResolvedModel(direct.resolve(), direct.name, "setting")
-        for dirname in candidate_dirnames(name):
-            candidate = models_dir / dirname
-            if _is_candidate(candidate):
-                return ResolvedModel(candidate.resolve(), dirname, "setting")
-        raise ModelNotFound(describe_missing(name, models_dir))
-
-    default = models_dir / DEFAULT_MODEL_DIRNAME
-    if _is_candidate(default):
-        return ResolvedModel(default.resolve(), DEFAULT_MODEL_DIRNAME, "models_dir")
-    if bundled_parts_available():
-        return _bundled(settings)
-    raise ModelNotFound(describe_missing(None, models_dir))
 
 
 def _bundled(settings: Settings) -> ResolvedModel:

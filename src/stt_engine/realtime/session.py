@@ -83,7 +83,9 @@ class _Item:
 
 class RealtimeSession:
     def __init__(self, settings: Settings, languages: Collection[str], send: Send, transcribe: Transcribe, *,
-                 beta: bool = False, metrics: Any = None, expires_at: int | None = None) -> None:
+                 beta: bool = False, metrics: Any = None, expires_at: int | None = None,
+                 partial_transcribe: Transcribe | None = None, check_model: Callable[[str], Any] | None = None
+                 ) -> None:
         self.settings = settings
         self.languages = languages
         self.id = new_id("sess")
@@ -91,6 +93,10 @@ class RealtimeSession:
         self.expires_at = expires_at
         self._send = send
         self._transcribe = transcribe
+        # REALTIME_PARTIAL_MODEL: partials from a faster model are a preview; the final text is `transcribe`'s own
+        self._transcribe_partial = partial_transcribe or transcribe
+        self._preview_partials = partial_transcribe is not None
+        self._check_model = check_model  # raises for a `transcription.model` the server does not serve
         self._metrics = metrics
         self.config = SessionConfig()
         self._vocabulary = load_vocabulary(settings.vocabulary_file)  # read once a session, not on every update
@@ -177,6 +183,8 @@ class RealtimeSession:
         beta = message["type"] == "transcription_session.update" or is_beta_session(session)
         config = (apply_beta if beta else apply_ga)(self.config, session)
         options = self._build_options(config)  # validates language and prompt before anything changes
+        if self._check_model is not None and config.model != self.config.model:
+            self._check_model(config.model)
         if config.format != self.config.format:
             self._decoder = StreamDecoder(config.format)
         if config.turn_detection != self.config.turn_detection:
@@ -380,7 +388,7 @@ class RealtimeSession:
         """One decode of the open turn; None when it was dropped (turn ended, or a pause began under a partial)
         or refused by the scheduler."""
         options = self._options if early else self._partial_options()
-        decode = asyncio.ensure_future(self._transcribe(audio, options))
+        decode = asyncio.ensure_future((self._transcribe if early else self._transcribe_partial)(audio, options))
         waits: set[asyncio.Future[Any]] = {decode}
         if not early:  # a candidate final outlives the end of its turn: that is what it is for
             waits.add(ended)
@@ -438,15 +446,17 @@ class RealtimeSession:
         rest = agreement.final_delta(item.sent, final)
         if rest:
             await self._send_delta(item, rest)
+        # With a partial model its deltas were a preview that may differ: the completed text is the final model's.
+        text = "".join(final).strip() if self._preview_partials else item.sent_text
         await self._send(event(
             "conversation.item.input_audio_transcription.completed", item_id=item.id, content_index=0,
-            transcript=item.sent_text, usage={"type": "duration", "seconds": round(len(item.audio) / SAMPLE_RATE, 3)},
+            transcript=text, usage={"type": "duration", "seconds": round(len(item.audio) / SAMPLE_RATE, 3)},
             **({"logprobs": transcript_logprobs(transcript.segments)} if self._options.logprobs else {}),
         ))
         if self._metrics is not None:
             self._metrics.realtime_final_latency.observe(time.monotonic() - item.ended_at)
         if self.settings.log_transcripts:
-            log.info("realtime transcript: %s", item.sent_text, extra={"transcript": item.sent_text})
+            log.info("realtime transcript: %s", text, extra={"transcript": text})
 
     async def _send_delta(self, item: _Item, new: list[str]) -> None:
         delta = agreement.join(new, item.sent_text)

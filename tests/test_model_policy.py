@@ -1,0 +1,131 @@
+"""Which model a request gets, when an extra model unloads, and when a load is refused: pure policy
+(`models/serving.py`) and the registry's lookup and budget, without a model or a server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from stt_engine.config import Settings
+from stt_engine.errors import ModelMemoryExceeded, NotFound
+from stt_engine.model_registry import ModelRegistry
+from stt_engine.models import ResolvedModel
+from stt_engine.models.serving import Loaded, entry_id, estimate_mb, expired, parse_entries, plan_load
+
+
+def test_entries_get_stable_ids() -> None:
+    entries = parse_entries(["bundled-small", "/srv/models/whisper-small/", "fast=tiny", "large-v3-turbo"])
+    assert [(e.id, e.name) for e in entries] == [
+        ("bundled-small", "bundled-small"), ("whisper-small", "/srv/models/whisper-small/"), ("fast", "tiny"),
+        ("large-v3-turbo", "large-v3-turbo"),
+    ]
+    assert entry_id("~/models/medium") == "medium"
+
+
+@pytest.mark.parametrize("values", [["a=x", "a=y"], ["whisper-1=x"], ["bundled"], ["=x"]])
+def test_ids_that_could_never_be_picked_are_refused(values: list[str]) -> None:
+    with pytest.raises(ValueError):
+        parse_entries(values, default_ids=["bundled"])
+
+
+def test_memory_estimate_counts_each_instance() -> None:
+    assert estimate_mb(145_217_607, 1) == 174 + 40
+    assert estimate_mb(145_217_607, 2) == 347 + 40  # measured: 389 MB for Whisper base with the solo instance
+
+
+def test_ttl() -> None:
+    assert expired(last_used=0, now=10, ttl_s=10, busy=False)
+    assert not expired(last_used=0, now=9.9, ttl_s=10, busy=False)
+    assert not expired(last_used=0, now=100, ttl_s=10, busy=True)  # never while it works
+    assert not expired(last_used=0, now=1e9, ttl_s=0, busy=False)  # 0 = keep
+
+
+def _loaded(model_id: str, mb: int, *, busy: bool = False, pinned: bool = False, used: float = 0) -> Loaded:
+    return Loaded(model_id, mb, busy, pinned, used)
+
+
+def test_budget_evicts_idle_models_least_recently_used_first() -> None:
+    loaded = [_loaded("default", 300, pinned=True), _loaded("a", 200, used=5), _loaded("b", 200, used=1)]
+    assert plan_load(500, 0, loaded) == []  # no budget
+    assert plan_load(100, 1000, loaded) == []  # fits
+    assert plan_load(400, 1000, loaded) == ["b"]
+    assert plan_load(600, 1000, loaded) == ["b", "a"]
+
+
+def test_budget_refuses_what_cannot_fit_without_touching_busy_or_default_models() -> None:
+    loaded = [_loaded("default", 300, pinned=True), _loaded("a", 200, busy=True), _loaded("b", 200)]
+    assert plan_load(600, 1000, loaded) is None
+    assert plan_load(800, 1000, [_loaded("default", 300, pinned=True)]) is None
+
+
+def _model_dir(path: Path, size: int) -> Path:
+    path.mkdir(parents=True)
+    with (path / "model.bin").open("wb") as handle:
+        handle.truncate(size)  # sparse: the budget reads only the size
+    for name in ("config.json", "tokenizer.json"):
+        (path / name).write_text("{}")
+    return path
+
+
+def _registry(tmp_path: Path, **settings: object) -> ModelRegistry:
+    config = Settings(_env_file=None, verify_model=False, whisper_device="cpu", whisper_num_workers=1, **settings)
+    registry = ModelRegistry(config)
+    default = ResolvedModel(_model_dir(tmp_path / "base", 300 << 20), "base", "setting")
+    registry.set_default(SimpleNamespace(resolved=default), SimpleNamespace(queued_requests=0))  # type: ignore[arg-type]
+    return registry
+
+
+def test_openai_names_mean_the_default_and_unknown_ids_are_404(tmp_path: Path) -> None:
+    registry = _registry(tmp_path, whisper_models=[str(tmp_path / "small")])
+    for name in (None, "", "whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "base"):
+        assert registry.lookup(name) is registry.default
+    assert registry.lookup("small").name == str(tmp_path / "small")
+    with pytest.raises(NotFound) as caught:
+        registry.lookup("medium")
+    assert (caught.value.status, caught.value.code, caught.value.error_type) == (
+        404, "model_not_found", "invalid_request_error"
+    )
+
+
+def test_a_load_past_the_budget_is_refused_with_503(tmp_path: Path) -> None:
+    _model_dir(tmp_path / "small", 400 << 20)
+    registry = _registry(tmp_path, whisper_models=[str(tmp_path / "small")], model_memory_mb=600)
+    assert registry.default.memory_mb == 375 + 40
+    with pytest.raises(ModelMemoryExceeded) as caught:
+        asyncio.run(registry.scheduler_for("small"))
+    assert caught.value.status == 503 and caught.value.code == "model_memory_exceeded"
+    assert "needs about 540 MB" in caught.value.message and "MODEL_MEMORY_MB=600" in caught.value.message
+    assert registry.extra["small"].scheduler is None and registry.extra["small"].loading is None
+
+
+def test_bundled_small_refuses_clearly_while_its_parts_are_incomplete() -> None:
+    from stt_engine.errors import ModelNotFound
+    from stt_engine.models.resolve import find_named_model
+
+    with pytest.raises(ModelNotFound) as caught:
+        find_named_model(Settings(_env_file=None), "bundled-small")
+    assert "WHISPER_MODELS" in caught.value.message and "stt-engine download small" in caught.value.message
+
+
+def test_api_unknown_id_is_404_and_a_missing_folder_is_503(tmp_path: Path) -> None:
+    from tests.support import SHARED_AUDIO, app_client
+
+    audio = {"file": ("jfk.flac", (SHARED_AUDIO / "en" / "jfk.flac").read_bytes())}
+    with app_client(tmp_path, whisper_models=[f"gone={tmp_path / 'gone'}"]) as client:
+        listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+        assert listed["gone"]["loaded"] is False and listed["gone"]["default"] is False
+        unknown = client.post("/v1/audio/transcriptions", files=audio, data={"model": "no-such-model"})
+        assert unknown.status_code == 404
+        assert unknown.json()["error"]["code"] == "model_not_found"
+        assert unknown.json()["error"]["type"] == "invalid_request_error"
+        missing = client.post("/v1/audio/transcriptions", files=audio, data={"model": "gone"})
+        assert missing.status_code == 503 and "was not found" in missing.json()["error"]["message"]
+        assert client.post("/v1/audio/transcriptions", files=audio, data={"model": "whisper-1"}).status_code == 200
+
+
+def test_an_unserved_partial_model_stops_the_server_at_start() -> None:
+    with pytest.raises(ValueError, match="REALTIME_PARTIAL_MODEL"):
+        ModelRegistry(Settings(_env_file=None, realtime_partial_model="small"))
