@@ -36,8 +36,11 @@ system-deps:
 serve: $(VENV)/.installed
 	$(BIN)/stt-engine serve
 
+# whole test files spread over TEST_WORKERS processes (pytest-xdist): one file's servers stay in one process, and
+# while one waits (a server starting, live audio paced in real time, a drain) the other decodes
+TEST_WORKERS ?= 2
 test: install-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # a quick loop while developing (under 2 minutes): every test that loads no model (markers set by tests/conftest.py):
 # pure policy, options, config, and the HTTP layer in-process or on tests/fake_engine.py; STT_TESTS_NO_MODEL makes

@@ -127,6 +127,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             _LOADS_MODEL.search(s) for s in sources
         ):
             item.add_marker(pytest.mark.model)
+    # under pytest-xdist (`make test`) whole files go to whichever worker is free: the long ones first, so a run does
+    # not end with one worker on a long file while the other has nothing left
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from tests.support import REAL_MODEL_OFF, REPO, Engine, free_port, serve_command, wait_ready
+from tests.support import REAL_MODEL_OFF, REPO, Engine, free_port, serve_command, server_env, wait_ready
 
 # Few threads per process: the test machine has 2 cores shared with others.
 LIGHT = {"WHISPER_NUM_WORKERS": "1", "WHISPER_CPU_THREADS": "2", "LOG_LEVEL": "INFO"}
@@ -51,8 +51,7 @@ class Proc:
 
 
 def _spawn(command: list[str], env: dict[str, str], name: str) -> Proc:
-    full = {**os.environ, **LIGHT, **env}
-    full.setdefault("LOG_DIR", str(REPO / "logs" / "tests"))
+    full = server_env({**LIGHT, **env})
     log = Path(full["LOG_DIR"]) / f"{name}.out"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:

@@ -35,6 +35,16 @@ HAVE_FULL_AUDIO = (FULL_AUDIO / "manifest.tsv").is_file()
 SHARED_AUDIO = FULL_AUDIO if HAVE_FULL_AUDIO else BUNDLED_AUDIO  # the clips in use
 NO_FULL_AUDIO = "needs the full test audio at ../shared/audio (CI has it); a plain clone has only tests/data"
 needs_full_audio = pytest.mark.skipif(not HAVE_FULL_AUDIO, reason=NO_FULL_AUDIO)
+# `make test` runs the suite in several pytest-xdist workers: each one's servers get their own log and state folders
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+TEST_LOG_DIR = REPO / "logs" / "tests" / _WORKER
+TEST_DATA_DIR = REPO / "data" / "tests" / (_WORKER or "main")
+
+
+def server_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a server or worker a test starts: this one's, this test worker's log and state folders
+    (unless `env` names others), then `env`."""
+    return {**os.environ, "LOG_DIR": str(TEST_LOG_DIR), "DATA_DIR": str(TEST_DATA_DIR), **(env or {})}
 
 
 def clips(language: str | None = None) -> list[Clip]:
@@ -110,9 +120,7 @@ def running_server(
     Its own process: for tests that stop, signal or fill it. Others share one through `shared_server`.
     `open_files` sets its soft and hard RLIMIT_NOFILE, as `ulimit -n` would."""
     port = free_port()
-    full_env = {**os.environ, "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "LOG_LEVEL": "INFO"}
-    full_env.setdefault("LOG_DIR", str(REPO / "logs" / "tests"))
-    full_env.update(env or {})
+    full_env = server_env({"SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "LOG_LEVEL": "INFO", **(env or {})})
     log_path = Path(full_env["LOG_DIR"]) / f"server-{port}.out"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log_file:

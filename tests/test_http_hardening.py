@@ -27,13 +27,13 @@ import psutil
 import pytest
 
 from stt_engine.api.schemas import TranscribeResponse, TranscriptionJson, TranscriptionVerbose
-from tests.support import REPO, SHARED_AUDIO, post_audio, running_server
+from tests.support import REPO, SHARED_AUDIO, TEST_LOG_DIR, post_audio, running_server
 
 KEY = "sk-hardening-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 SHORT = SHARED_AUDIO / "en" / "speech_recognition_english_123.wav"  # 2.74 s
 JFK = SHARED_AUDIO / "en" / "jfk.flac"
-LOG_DIR = REPO / "logs" / "tests"
+LOG_DIR = TEST_LOG_DIR
 HEADER_TIMEOUT_S = 2.0
 BODY_TIMEOUT_S = 2.0
 LLM_TIMEOUT_S = 8.0

@@ -14,11 +14,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import REPO, SHARED_AUDIO, post_audio
+from tests.support import SHARED_AUDIO, TEST_LOG_DIR, post_audio
 
 SHORT = SHARED_AUDIO / "en" / "speech_recognition_english_123.wav"  # 2.74 s
 ROUTE = "/v1/audio/transcriptions"
-LOG_DIR = REPO / "logs" / "tests"  # where tests.support.running_server points the session server's LOG_DIR
+LOG_DIR = TEST_LOG_DIR  # where tests.support.running_server points the session server's LOG_DIR
 
 
 def scrape(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
