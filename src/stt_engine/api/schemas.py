@@ -8,7 +8,25 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stt_engine.api.postprocess_routes import PostprocessResult
+
+class PostprocessError(BaseModel):
+    code: str
+    message: str
+    upstream_status: int | None = None
+    upstream_type: str | None = None
+
+
+class PostprocessResult(BaseModel):
+    """The result; `text` is null and `error` set when the LLM server failed."""
+
+    task: str
+    model: str | None = None
+    text: str | None = None
+    error: PostprocessError | None = None
+    chunks: int = 0
+    usage: dict[str, int] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+    duration_ms: float = 0.0
 
 
 class _Strict(BaseModel):

@@ -48,6 +48,12 @@ class Vocabulary:
         """The instruction added to the LLM `correct` prompt."""
         return "Spell these names and terms exactly as written here (team vocabulary): " + ", ".join(self.terms)
 
+    def postprocess_prompt(self, task: str, prompt: str | None) -> str | None:
+        """The caller's prompt for an LLM `task`; for `correct`, the glossary goes first (the team's spelling)."""
+        if task == "correct" and self.terms:
+            return self.glossary() + (f"\n{prompt}" if prompt and prompt.strip() else "")
+        return prompt
+
 
 EMPTY = Vocabulary((), ())
 
