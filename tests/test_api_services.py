@@ -109,3 +109,19 @@ def test_sse_framing() -> None:
     assert sse_event({"type": "transcript.text.delta", "delta": "안녕"}) == (
         'data: {"type": "transcript.text.delta", "delta": "안녕"}\n\n'.encode()
     )
+
+
+@pytest.mark.parametrize("fmt", ["json", "verbose_json", "diarized_json"])
+def test_stream_events_are_the_sdks_types(client: TestClient, fmt: str) -> None:
+    path = SHARED_AUDIO / "en" / "jfk.flac"
+    answer = client.post("/v1/audio/transcriptions", files={"file": (path.name, path.read_bytes())},
+                         data={"stream": "true", "response_format": fmt, "timestamp_granularities[]": "word"})
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[len("data: "):]) for line in answer.text.split("\n\n") if line.startswith("data: ")]
+    models = {"transcript.text.delta": schemas.StreamDelta, "transcript.text.segment": schemas.StreamSegment,
+              "transcript.text.done": schemas.StreamDone}
+    for event in events:
+        models[event["type"]].model_validate(event)
+    assert events[-1]["type"] == "transcript.text.done"
+    assert any(e["type"] == "transcript.text.delta" for e in events)  # (they add up: test_streaming, real model)
+    assert any(e["type"] == "transcript.text.segment" for e in events) == (fmt == "diarized_json")

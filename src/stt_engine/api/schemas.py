@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from openai.types import audio as openai_audio
 from openai.types.audio.transcription_diarized_segment import TranscriptionDiarizedSegment
+from openai.types.audio.transcription_verbose import Usage as UsageDuration
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -144,6 +145,34 @@ class TranscriptionDiarized(openai_audio.TranscriptionDiarized):
     language: str | None
     segments: list[DiarizedSegment]  # type: ignore[assignment]
     postprocess: PostprocessResult | None = Field(None, description="Present when `postprocess` was asked for.")
+    redactions: dict[str, int] | None = _REDACTIONS
+    original_text: str | None = _ORIGINAL
+
+
+# --- stream=true on /v1/audio/*: Server-Sent Events -----------------------------------------------------------
+class StreamDelta(openai_audio.TranscriptionTextDeltaEvent):
+    """`transcript.text.delta`: the next piece of the final text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamSegment(openai_audio.TranscriptionTextSegmentEvent):
+    """`transcript.text.segment` (diarized_json, channels=split, diarization): a finished segment and its speaker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channel: int | None = _CHANNEL
+
+
+class StreamDone(openai_audio.TranscriptionTextDoneEvent):
+    """`transcript.text.done`: the whole text, and what the response format's body would add beside it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    usage: UsageDuration | None = None  # type: ignore[assignment]  # audio seconds, as the non-streamed reply
+    segments: list[VerboseSegment] | list[DiarizedSegment] | None = None
+    words: list[VerboseWord] | None = None
+    dropped_segments: list[DroppedSegment] | None = None
     redactions: dict[str, int] | None = _REDACTIONS
     original_text: str | None = _ORIGINAL
 
