@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render, text_report
+from stt_engine.formats import MEDIA_TYPES, ResponseFormat, render, segment_labels, text_report, word_json
 from stt_engine.openai_fields import transcript_logprobs, usage
 from stt_engine.speakers import speakers_of
 from stt_engine.types import Transcript
@@ -23,10 +23,8 @@ def original_body(t: Transcript) -> dict[str, Any]:
         "duration": round(t.duration, 3),
         "segments": [
             {"start": float(s.start), "end": float(s.end), "text": s.text}
-            | ({"speaker": s.speaker} if getattr(s, "speaker", None) is not None else {})
-            | ({"channel": s.channel} if getattr(s, "channel", None) is not None else {})
-            | ({"words": [{"word": w.word.strip(), "start": float(w.start), "end": float(w.end)} for w in s.words]}
-               if s.words else {})
+            | segment_labels(s)
+            | ({"words": [word_json(w, probability=False) for w in s.words]} if s.words else {})
             for s in t.segments
         ],
         **({"speakers": speakers} if (speakers := speakers_of(t)) else {}),
