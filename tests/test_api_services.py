@@ -4,6 +4,8 @@ response models built on the `openai` SDK's types. In-process, on the stand-in e
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,6 +19,7 @@ from stt_engine.api.responses import transcript_response
 from stt_engine.api.security import bearer_token
 from stt_engine.api.services import RealtimeSessions, Services
 from stt_engine.api.streaming import sse_event
+from stt_engine.config import Settings
 from stt_engine.errors import InvalidRequest
 from stt_engine.formats import ResponseFormat
 from stt_engine.types import Segment, Transcript, Word
@@ -125,3 +128,22 @@ def test_stream_events_are_the_sdks_types(client: TestClient, fmt: str) -> None:
     assert events[-1]["type"] == "transcript.text.done"
     assert any(e["type"] == "transcript.text.delta" for e in events)  # (they add up: test_streaming, real model)
     assert any(e["type"] == "transcript.text.segment" for e in events) == (fmt == "diarized_json")
+
+
+def test_sigterm_starts_draining_once() -> None:
+    closed: list[tuple[float, bool]] = []
+    done = threading.Event()
+
+    class Scheduler:
+        def close(self, grace: float, keep_admitting: Callable[[], bool]) -> None:
+            closed.append((grace, keep_admitting()))
+            done.set()
+
+    services = Services.create(Settings(shutdown_grace_s=7))
+    services.start_draining()  # no scheduler yet (the model still loads): nothing to drain
+    assert not services.draining
+    services.scheduler = Scheduler()  # type: ignore[assignment]
+    services.work_in_flight.count = 1
+    services.start_draining()
+    services.start_draining()  # a second signal changes nothing
+    assert done.wait(5) and services.draining and closed == [(7, True)]

@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,14 +48,7 @@ def _draining_server(config: Any, services: Any) -> Any:
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             super().handle_exit(sig, frame)
-            scheduler = services.scheduler
-            if scheduler is not None and not services.draining:
-                services.draining = True
-                work = services.work_in_flight
-                threading.Thread(
-                    target=scheduler.close, args=(services.settings.shutdown_grace_s, lambda: work.count > 0),
-                    name="stt-drain", daemon=True,
-                ).start()
+            services.start_draining()
 
     return DrainingServer(config)
 

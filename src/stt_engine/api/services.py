@@ -9,6 +9,7 @@ below); middleware, the uvicorn server and websocket code read `app.state.servic
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -80,6 +81,19 @@ class Services:
         metrics = Metrics(get_scheduler=lambda: built[0].scheduler if built else None, memory=memory)
         built.append(cls(settings=settings, metrics=metrics, memory=memory, intake=Intake(settings)))
         return built[0]
+
+    def start_draining(self) -> None:
+        """SIGTERM: the scheduler starts draining at once (in a thread: it waits up to SHUTDOWN_GRACE_S), letting the
+        POST requests already in flight in until then; what is still waiting at the end gets a 503."""
+        scheduler = self.scheduler
+        if scheduler is None or self.draining:
+            return
+        self.draining = True
+        work = self.work_in_flight
+        threading.Thread(
+            target=scheduler.close, args=(self.settings.shutdown_grace_s, lambda: work.count > 0),
+            name="stt-drain", daemon=True,
+        ).start()
 
     def ready_scheduler(self) -> Scheduler:
         """The scheduler, or 503 while the model loads."""

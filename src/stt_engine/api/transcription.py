@@ -40,7 +40,6 @@ class TranscriptionResult:
     postprocess: dict[str, Any] | None = None
 
 
-
 async def transcribe_upload(
     request: Request,
     services: Services,
