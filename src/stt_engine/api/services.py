@@ -98,14 +98,18 @@ class Services:
     def ready_scheduler(self) -> Scheduler:
         """The scheduler, or 503 while the model loads."""
         if self.scheduler is None:
-            raise NotReady("The model is still loading; retry in a few seconds.", headers={"Retry-After": "5"})
+            raise _still_loading()
         return self.scheduler
 
     def model_languages(self) -> frozenset[str]:
         """The loaded model's languages (options are parsed only once it is loaded; before, the route answers 503)."""
         if self.engine is None:
-            raise NotReady("The model is still loading; retry in a few seconds.", headers={"Retry-After": "5"})
+            raise _still_loading()
         return self.engine.supported_languages
+
+
+def _still_loading() -> NotReady:
+    return NotReady("The model is still loading; retry in a few seconds.", headers={"Retry-After": "5"})
 
 
 def services_of(connection: HTTPConnection) -> Services:
