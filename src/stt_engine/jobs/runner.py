@@ -150,9 +150,10 @@ class JobExecutor:
         if job.postprocess:
             postprocessor = self.get_postprocessor()
             try:
-                prompt = load_vocabulary(self.settings.vocabulary_file).postprocess_prompt(
-                    job.postprocess, job.postprocess_prompt
-                )
+                prompt = job.postprocess_prompt
+                vocabulary = load_vocabulary(self.settings.vocabulary_file)
+                if job.postprocess == "correct" and vocabulary.terms:
+                    prompt = vocabulary.glossary() + (f"\n{prompt}" if prompt and prompt.strip() else "")
                 postprocess_result = await postprocessor.run(
                     transcript.text, job.postprocess, prompt, transcript.language
                 )

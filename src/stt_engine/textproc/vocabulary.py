@@ -48,11 +48,12 @@ class Vocabulary:
         """The instruction added to the LLM `correct` prompt."""
         return "Spell these names and terms exactly as written here (team vocabulary): " + ", ".join(self.terms)
 
-    def postprocess_prompt(self, task: str, prompt: str | None) -> str | None:
-        """The caller's prompt for an LLM `task`; for `correct`, the glossary goes first (the team's spelling)."""
-        if task == "correct" and self.terms:
-            return self.glossary() + (f"\n{prompt}" if prompt and prompt.strip() else "")
-        return prompt
+    def llm_prompt(self, task: str, prompt: str | None) -> str | None:
+        """The prompt for LLM `task`: for `correct`, the glossary goes first (the team's spelling of its names and
+        terms), then the caller's own prompt; other tasks get the caller's prompt as it is."""
+        if task != "correct" or not self.terms:
+            return prompt
+        return self.glossary() + (f"\n{prompt}" if prompt and prompt.strip() else "")
 
 
 EMPTY = Vocabulary((), ())
