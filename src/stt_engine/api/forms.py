@@ -7,7 +7,7 @@ No `from __future__ import annotations` here: FastAPI reads a dependency class's
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import File, Form, UploadFile
+from fastapi import Depends, File, Form, UploadFile
 
 from stt_engine.config import Settings
 from stt_engine.errors import InvalidRequest, quote
@@ -165,3 +165,13 @@ class OpenAIAudioForm:
     def words(self) -> bool:
         return parse_granularities(self.timestamp_granularities)
 
+
+
+@dataclass
+class TranscriptionForm:
+    """Everything `/v1/audio/transcriptions` and `/v1/jobs` read beside the file, in its groups."""
+
+    audio: Annotated[OpenAIAudioForm, Depends()]
+    text: Annotated[TextForm, Depends()]
+    llm: Annotated[PostprocessForm, Depends()]
+    speakers: Annotated[SpeakersForm, Depends()]

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from stt_engine import decoder
 from stt_engine import speakers as speakers_mod
-from stt_engine.api.forms import FileField, OpenAIAudioForm, PostprocessForm, SpeakersForm, TextForm, parse_format
+from stt_engine.api.forms import FileField, TranscriptionForm, parse_format
 from stt_engine.api.llm import validate_postprocess
 from stt_engine.api.responses import transcript_response
 from stt_engine.api.security import bearer_token
@@ -76,10 +76,7 @@ async def create_job(
     request: Request,
     services: ServicesDep,
     service: JobsDep,
-    audio: Annotated[OpenAIAudioForm, Depends()],
-    text_form: Annotated[TextForm, Depends()],
-    llm: Annotated[PostprocessForm, Depends()],
-    speakers: Annotated[SpeakersForm, Depends()],
+    form: Annotated[TranscriptionForm, Depends()],
     file: FileField = None,
     webhook_url: Annotated[str | None, Form(description="POSTed {id, status} when the job finishes")] = None,
     webhook_secret: Annotated[str | None, Form(description="Signs each delivery (X-STT-Signature)")] = None,
@@ -87,6 +84,7 @@ async def create_job(
 ) -> JSONResponse:
     """`response_format` is checked only: choose the format at `/result`."""
     settings = services.settings
+    audio, speakers, llm = form.audio, form.speakers, form.llm
     fmt = audio.format()
     words = audio.words()
     webhook = await validate_webhook_url(webhook_url, service.webhooks.policy)
@@ -94,7 +92,7 @@ async def create_job(
         settings, services.model_languages(), language=audio.language, prompt=audio.prompt,
         temperature=audio.temperature, word_timestamps=words, hotwords=audio.hotwords,
     )
-    text = text_form.options(settings)  # as the sync routes check them
+    text = form.text.options(settings)  # as the sync routes check them
     split = speakers.split(settings)
     diarization = speakers.diarization(fmt, split)
     if diarization is not None:  # a bad reference is a 400 now, not a failed job later

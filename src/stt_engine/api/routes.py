@@ -20,6 +20,7 @@ from stt_engine.api.forms import (
     SpeakersForm,
     TemperatureField,
     TextForm,
+    TranscriptionForm,
 )
 from stt_engine.api.responses import original_body, stream_done, transcript_response
 from stt_engine.api.schemas import (
@@ -168,13 +169,11 @@ async def _openai_audio(
     services: Services,
     task: str,
     file: FileField,
-    audio: OpenAIAudioForm,
-    text_form: TextForm,
-    llm: PostprocessForm,
-    speakers: SpeakersForm,
+    form: TranscriptionForm,
     stream: bool = False,
 ) -> Response:
     settings = services.settings
+    audio, speakers, llm = form.audio, form.speakers, form.llm
     fmt = audio.format()
     extra = RequestFields.from_form(await request.form()) if task == "transcribe" else RequestFields()
     split = speakers.split(settings)
@@ -185,7 +184,7 @@ async def _openai_audio(
         temperature=audio.temperature, word_timestamps=words, hotwords=merge_keywords(audio.hotwords, extra.keywords),
         vad_filter=extra.chunking.vad_filter, vad=extra.chunking.vad, logprobs=extra.logprobs,
     )
-    text = text_form.options(settings)
+    text = form.text.options(settings)
     extra.check(json_format=fmt is ResponseFormat.json, redact=text.redact, split_channels=split)
     if stream:
         _no_postprocess_when_streaming(llm.postprocess)
@@ -212,10 +211,7 @@ _OPENAI_JSON = TranscriptionVerbose | TranscriptionDiarized | TranscriptionJson
 async def openai_transcriptions(
     request: Request,
     services: ServicesDep,
-    audio: Annotated[OpenAIAudioForm, Depends()],
-    text_form: Annotated[TextForm, Depends()],
-    llm: Annotated[PostprocessForm, Depends()],
-    speakers: Annotated[SpeakersForm, Depends()],
+    form: Annotated[TranscriptionForm, Depends()],
     file: FileField = None,
     stream: Annotated[bool, Form(description="Server-Sent Events in OpenAI's shape, for any model")] = False,
     # Read from the form by `RequestFields` (the SDK also sends chunking_strategy[...] fields); declared for the docs.
@@ -225,7 +221,7 @@ async def openai_transcriptions(
     chunking_strategy: Annotated[str | None, Form(description='"auto" or a server_vad object (JSON) for the VAD')]
     = None,
 ) -> Response:
-    return await _openai_audio(request, services, "transcribe", file, audio, text_form, llm, speakers, stream)
+    return await _openai_audio(request, services, "transcribe", file, form, stream)
 
 
 @router.post(
@@ -243,8 +239,8 @@ async def openai_translations(
     redact: RedactField = None,
 ) -> Response:
     audio = OpenAIAudioForm(model=model, prompt=prompt, response_format=response_format, temperature=temperature)
-    return await _openai_audio(request, services, "translate", file, audio, TextForm(redact=redact),
-                               PostprocessForm(), SpeakersForm())
+    form = TranscriptionForm(audio, TextForm(redact=redact), PostprocessForm(), SpeakersForm())
+    return await _openai_audio(request, services, "translate", file, form)
 
 
 def _served_models(services: Services) -> list[dict[str, Any]]:
