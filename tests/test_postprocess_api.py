@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from stt_engine.api.errors import install_error_handlers
 from stt_engine.api.postprocess_routes import router
+from stt_engine.api.services import Services
 from stt_engine.config import Settings
 from stt_engine.postprocess import PostProcessor
 from tests.fake_engine import FAKE_TEXT
@@ -32,7 +33,9 @@ def _app(processor: PostProcessor | None) -> FastAPI:
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(router)
-    app.state.postprocessor = processor
+    services = Services.create(Settings())
+    services.postprocessor = processor
+    app.state.services = services
     return app
 
 

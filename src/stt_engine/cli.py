@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,24 +38,17 @@ def _register_optional(subparsers: argparse._SubParsersAction) -> None:
 _DRAIN_MARGIN_S = 5.0
 
 
-def _draining_server(config: Any, app: Any) -> Any:
+def _draining_server(config: Any, services: Any) -> Any:
     """uvicorn's server, plus: on SIGTERM the scheduler starts draining at once, so a request still waiting when
     SHUTDOWN_GRACE_S ends gets a 503 in its route's error shape, not uvicorn's plain 500 when it cuts connections.
     Until then the drain also waits for, and admits, the POST requests already in flight (an upload still arriving),
-    since uvicorn takes no new connections."""
+    since uvicorn takes no new connections. `services` is the app's `api.services.Services`."""
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             super().handle_exit(sig, frame)
-            scheduler = app.state.scheduler
-            if scheduler is not None and not getattr(app.state, "draining", False):
-                app.state.draining = True
-                work = app.state.work_in_flight
-                threading.Thread(
-                    target=scheduler.close, args=(app.state.settings.shutdown_grace_s, lambda: work.count > 0),
-                    name="stt-drain", daemon=True,
-                ).start()
+            services.start_draining()
 
     return DrainingServer(config)
 
@@ -80,9 +72,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     logging.getLogger("stt_engine").info("model: %s (%s, from %s)", resolved.name, resolved.path, resolved.source)
     app = create_app(settings, model=resolved)
+    services = app.state.services
     warn_if_exposed(settings)
     budget = raise_open_file_limit(settings)
-    app.state.metrics.connection_limit.set(budget.max_connections)
+    services.metrics.connection_limit.set(budget.max_connections)
     tempfile.gettempdir()  # found now: at its first use under a descriptor shortage it would fail with ENOENT
     # uvicorn turns SIGTERM into a graceful stop (no new connections, in-flight requests finish), then re-raises
     # the signal with the handler it found installed. A no-op handler makes that re-raise harmless, so a graceful
@@ -92,10 +85,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app, host=settings.server_host, port=settings.server_port, log_config=None,
         # our drain answers what is left with 503 at SHUTDOWN_GRACE_S; uvicorn's own cut comes after, as a backstop
         timeout_graceful_shutdown=settings.shutdown_grace_s + _DRAIN_MARGIN_S,  # type: ignore[arg-type]
-        **uvicorn_options(settings, budget, on_refused=app.state.metrics.connections_refused.inc),
+        **uvicorn_options(settings, budget, on_refused=services.metrics.connections_refused.inc),
     )
-    _draining_server(config, app).run()
-    scheduler = app.state.scheduler
+    _draining_server(config, services).run()
+    scheduler = services.scheduler
     if scheduler is not None and scheduler.stats.busy_workers:
         # SHUTDOWN_GRACE_S ran out mid-batch: the interpreter must not tear down under CTranslate2's threads
         # (that aborts the process), so leave at once, as a completed stop.

@@ -45,6 +45,18 @@ def speaker_of(segment: Any) -> str | None:
     return getattr(segment, "speaker", None)
 
 
+def segment_labels(segment: Any) -> dict[str, Any]:
+    """A JSON segment's `speaker` and `channel`, each only when the segment has it (channels=split, diarization)."""
+    speaker, channel = speaker_of(segment), getattr(segment, "channel", None)
+    return ({"speaker": speaker} if speaker is not None else {}) | ({"channel": channel} if channel is not None else {})
+
+
+def word_json(word: Any, probability: bool = True) -> dict[str, Any]:
+    """A word in the JSON formats: its text without the leading space, its timing (and its probability)."""
+    body = {"word": word.word.strip(), "start": float(word.start), "end": float(word.end)}
+    return body | {"probability": float(word.probability)} if probability else body
+
+
 def _has_speakers(transcript: Transcript) -> bool:
     return any(speaker_of(s) is not None for s in transcript.segments)
 
@@ -121,8 +133,7 @@ def to_verbose_json(transcript: Transcript, include_words: bool) -> dict[str, An
                 "compression_ratio": float(s.compression_ratio),
                 "no_speech_prob": float(s.no_speech_prob),
             }
-            | ({"speaker": speaker_of(s)} if speaker_of(s) is not None else {})
-            | ({"channel": s.channel} if getattr(s, "channel", None) is not None else {})
+            | segment_labels(s)
             for s in transcript.segments
         ],
     }
@@ -130,11 +141,7 @@ def to_verbose_json(transcript: Transcript, include_words: bool) -> dict[str, An
     if dropped is not None:  # a processed transcript: what the invented-phrase filter removed, never silently
         body["dropped_segments"] = [d.as_dict() for d in dropped]
     if include_words:
-        body["words"] = [
-            {"word": w.word.strip(), "start": float(w.start), "end": float(w.end), "probability": float(w.probability)}
-            for s in transcript.segments
-            for w in (s.words or [])
-        ]
+        body["words"] = [word_json(w) for s in transcript.segments for w in (s.words or [])]
     return body
 
 

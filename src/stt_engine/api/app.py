@@ -20,24 +20,21 @@ from stt_engine import __version__, decoder
 from stt_engine.api.diarization import router as diarization_router
 from stt_engine.api.errors import install_error_handlers
 from stt_engine.api.jobs_routes import router as jobs_router
-from stt_engine.api.middleware import BodyGuardMiddleware, RequestContextMiddleware, WorkInFlight
+from stt_engine.api.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from stt_engine.api.models_routes import router as models_router
 from stt_engine.api.postprocess_routes import router as postprocess_router
 from stt_engine.api.realtime_routes import router as realtime_router
 from stt_engine.api.routes import router
 from stt_engine.api.security import install_security
+from stt_engine.api.services import Services
 from stt_engine.api.web import install_web
 from stt_engine.config import Settings, get_settings
 from stt_engine.engine.protocol import SpeechEngine
 from stt_engine.errors import STTError
-from stt_engine.jobs.service import start_jobs, stop_jobs
-from stt_engine.memory import MemoryReclaimer
-from stt_engine.metrics import Metrics
-from stt_engine.model_registry import ModelRegistry
+from stt_engine.jobs.service import start_jobs
 from stt_engine.models import ResolvedModel
 from stt_engine.postprocess.service import PostProcessor
 from stt_engine.runtime import build_scheduler, load_engine, warm_up
-from stt_engine.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +48,30 @@ def create_app(
     `engine`: an engine already loaded (or a stand-in, for tests of the HTTP layer), used instead of loading one."""
     settings = settings or get_settings()
 
+    services = Services.create(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.postprocessor = PostProcessor.from_settings(settings)
-        app.state.decoders = decoder.start(settings)  # uploads are parsed only in these child processes
-        loader = asyncio.ensure_future(_load(app, settings, model, engine))
-        reaper = asyncio.ensure_future(app.state.models.run_reaper())
-        app.state.jobs = await start_jobs(app, settings)
+        services.postprocessor = PostProcessor.from_settings(settings)
+        services.decoders = decoder.start(settings)  # uploads are parsed only in these child processes
+        loader = asyncio.ensure_future(_load(services, model, engine))
+        reaper = asyncio.ensure_future(services.models.run_reaper())
+        services.jobs = await start_jobs(
+            settings, get_scheduler=lambda: services.scheduler, get_postprocessor=lambda: services.postprocessor,
+            metrics=services.metrics,
+        )
         try:
             yield
         finally:
             loader.cancel()
             reaper.cancel()
-            await app.state.models.close(settings.shutdown_grace_s)
-            await stop_jobs(app)  # running jobs go back to the queue before the scheduler stops
-            scheduler: Scheduler | None = app.state.scheduler
-            if scheduler is not None:
-                await run_in_threadpool(scheduler.close, settings.shutdown_grace_s)
-            await app.state.postprocessor.aclose()
+            await services.models.close(settings.shutdown_grace_s)
+            jobs, services.jobs = services.jobs, None  # routes answer 503 from here on
+            if jobs is not None:
+                await jobs.stop()  # running jobs go back to the queue before the scheduler stops
+            if services.scheduler is not None:
+                await run_in_threadpool(services.scheduler.close, settings.shutdown_grace_s)
+            await services.postprocessor.aclose()
             await run_in_threadpool(decoder.stop)
 
     app = FastAPI(
@@ -80,29 +83,17 @@ def create_app(
         docs_url=None,  # served by install_docs from the package's own Swagger UI files, never from a CDN
         redoc_url=None,
     )
-    app.state.settings = settings
-    app.state.engine = None
-    app.state.scheduler = None
-    app.state.postprocessor = None
-    app.state.jobs = None
-    app.state.load_status = "loading"
-    app.state.load_error = None
-    app.state.warmed_up = False
-    app.state.started_at = time.time()
-    app.state.memory = MemoryReclaimer()
-    app.state.metrics = Metrics(get_scheduler=lambda: app.state.scheduler, memory=app.state.memory)
-    app.state.models = ModelRegistry(settings, app.state.metrics)
+    app.state.services = services
     install_error_handlers(app)
     # add_middleware wraps: the last added runs first. Order, outside in: request id/access log/metrics, CORS,
     # API key (an unauthenticated upload gets 401, not 413), upload size guard.
     app.add_middleware(
         BodyGuardMiddleware, max_upload_mb=settings.max_upload_mb, body_timeout_s=settings.server_body_timeout_s,
-        metrics=app.state.metrics,
+        metrics=services.metrics,
     )
     install_security(app, settings)
-    app.state.work_in_flight = WorkInFlight()
-    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, router=app.router,
-                       work=app.state.work_in_flight, memory=app.state.memory)
+    app.add_middleware(RequestContextMiddleware, metrics=services.metrics, router=app.router,
+                       work=services.work_in_flight, memory=services.memory)
     app.include_router(router)
     app.include_router(models_router)
     app.include_router(diarization_router)
@@ -159,30 +150,31 @@ def install_docs(app: FastAPI, settings: Settings) -> None:
     app.openapi = openapi_with_bearer  # type: ignore[method-assign]
 
 
-async def _load(app: FastAPI, settings: Settings, model: ResolvedModel | None, given: SpeechEngine | None) -> None:
-    metrics: Metrics = app.state.metrics
+async def _load(services: Services, model: ResolvedModel | None, given: SpeechEngine | None) -> None:
+    """Load (or take) the engine, build its scheduler and warm it up; `services.load_status` says how far it got."""
+    settings, metrics = services.settings, services.metrics
     try:
         started = time.perf_counter()
         engine = given if given is not None else await run_in_threadpool(load_engine, settings, model)
         metrics.model_load_seconds.set(time.perf_counter() - started)
-        app.state.scheduler = build_scheduler(engine, settings, metrics)
-        app.state.engine = engine
-        app.state.models.set_default(engine, app.state.scheduler)
-        app.state.load_status = "warming_up"
+        scheduler = services.scheduler = build_scheduler(engine, settings, metrics)
+        services.engine = engine
+        services.models.set_default(engine, scheduler)
+        services.load_status = "warming_up"
         started = time.perf_counter()
-        await warm_up(app.state.scheduler)
+        await warm_up(scheduler)
         metrics.model_warmup_seconds.set(time.perf_counter() - started)
-        app.state.warmed_up = True
+        services.warmed_up = True
         metrics.model_ready.set(1)
-        app.state.load_status = "ok"
+        services.load_status = "ok"
         log.info("ready: serving %s on %s", engine.resolved.name, engine.device)
         if settings.models_preload:
-            await app.state.models.preload()
+            await services.models.preload()
     except STTError as exc:
-        app.state.load_status = "error"
-        app.state.load_error = exc.message
+        services.load_status = "error"
+        services.load_error = exc.message
         log.error("model failed to load: %s", exc.message)
     except Exception:
-        app.state.load_status = "error"
-        app.state.load_error = "The model failed to load; the server log has the details."
+        services.load_status = "error"
+        services.load_error = "The model failed to load; the server log has the details."
         log.exception("model failed to load")

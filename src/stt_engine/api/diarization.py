@@ -7,20 +7,16 @@ and the answer costs only the diarization.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from stt_engine import speakers as speakers_mod
-from stt_engine.api.routes import (
-    FileField,
-    MaxSpeakersField,
-    MinSpeakersField,
-    SpeakerNamesField,
-    SpeakerReferencesField,
-    parse_speaker_names,
-)
+from stt_engine.api.admission import receive_audio
+from stt_engine.api.forms import FileField, KnownSpeakersForm
 from stt_engine.api.schemas import DiarizationResponse
-from stt_engine.api.transcription import receive_audio
+from stt_engine.api.services import ServicesDep
 
 router = APIRouter()
 
@@ -31,18 +27,14 @@ router = APIRouter()
 )
 async def diarization(
     request: Request,
+    services: ServicesDep,
+    speakers: Annotated[KnownSpeakersForm, Depends()],
     file: FileField = None,
-    known_speaker_names: SpeakerNamesField = None,
-    known_speaker_references: SpeakerReferencesField = None,
-    min_speakers: MinSpeakersField = None,
-    max_speakers: MaxSpeakersField = None,
 ) -> JSONResponse:
-    settings = request.app.state.settings
-    wanted = speakers_mod.parse_request(
-        parse_speaker_names(known_speaker_names), known_speaker_references, min_speakers, max_speakers
-    )
+    settings = services.settings
+    wanted = speakers.request()
     await speakers_mod.prepare(settings, wanted)  # a bad reference is a 400 before the upload is read
-    decoded = await receive_audio(request, file)
+    decoded = await receive_audio(request, services, file)
     turns = await speakers_mod.diarize(settings, decoded.samples, wanted)
     segments = speakers_mod.label_turns(turns, wanted.names)
     return JSONResponse({

@@ -10,30 +10,18 @@ import asyncio
 import shutil
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Header, Query, Request
+from fastapi import APIRouter, Depends, Form, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from stt_engine import decoder
 from stt_engine import speakers as speakers_mod
-from stt_engine.api.routes import (
-    ChannelsField,
-    DiarizeField,
-    FileField,
-    MaxSpeakersField,
-    MinSpeakersField,
-    NormalizeField,
-    RedactField,
-    SpeakerNamesField,
-    SpeakerReferencesField,
-    diarize_choice,
-    model_languages,
-    parse_format,
-    parse_speaker_names,
-    split_channels_choice,
-    transcript_response,
-)
-from stt_engine.api.transcription import decoding_slot, stored_upload
+from stt_engine.api.forms import FileField, TranscriptionForm, parse_format
+from stt_engine.api.llm import validate_postprocess
+from stt_engine.api.responses import transcript_response
+from stt_engine.api.security import bearer_token
+from stt_engine.api.services import JobsDep, Services, ServicesDep
+from stt_engine.api.uploads import require_file, stored_upload
 from stt_engine.errors import InvalidRequest, STTError
 from stt_engine.jobs.models import (
     Job,
@@ -47,7 +35,6 @@ from stt_engine.jobs.models import (
 from stt_engine.jobs.service import JobService
 from stt_engine.jobs.webhooks import validate_webhook_url
 from stt_engine.options import build_options
-from stt_engine.textproc import text_options
 
 router = APIRouter(tags=["jobs"])
 
@@ -70,86 +57,49 @@ class IdempotencyKeyReused(STTError):
     error_type = "invalid_request_error"
 
 
-def _service(request: Request) -> JobService:
-    service: JobService | None = getattr(request.app.state, "jobs", None)
-    if service is None:
-        raise STTError("The jobs API is starting; retry in a few seconds.", status=503, code="jobs_not_ready",
-                       headers={"Retry-After": "2"})
-    return service
-
-
-def _owner(request: Request) -> str:
+def _owner(request: Request, services: Services) -> str:
     """The hash of the caller's API key: with API_KEYS set, a key sees only its own jobs."""
-    if not request.app.state.settings.api_keys:
+    if not services.settings.api_keys:
         return ""
-    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
-    return owner_of(token.strip() if scheme.lower() == "bearer" else None)
+    return owner_of(bearer_token(request.headers.get("authorization")))
 
 
-async def _job(request: Request, job_id: str) -> Job:
-    job = await _service(request).store.get(job_id)
-    if job is None or job.owner != _owner(request):  # another key's job is "not found", not "forbidden"
+async def _job(request: Request, services: Services, service: JobService, job_id: str) -> Job:
+    job = await service.store.get(job_id)
+    if job is None or job.owner != _owner(request, services):  # another key's job is "not found", not "forbidden"
         raise JobNotFound(f"No job with id '{job_id}'.", param="id")
     return job
-
-
-def _granularities(values: list[str] | None) -> bool:
-    items = {g.strip() for item in (values or []) for g in item.split(",") if g.strip()}
-    unknown = sorted(items - {"segment", "word"})
-    if unknown:
-        raise InvalidRequest(
-            f"Unsupported timestamp_granularities {unknown}; use 'segment' and/or 'word'.",
-            param="timestamp_granularities", code="invalid_timestamp_granularities",
-        )
-    return "word" in items
 
 
 @router.post("/v1/jobs", status_code=202, summary="Submit a recording as a job (answers 202 with its id)")
 async def create_job(
     request: Request,
+    services: ServicesDep,
+    service: JobsDep,
+    form: Annotated[TranscriptionForm, Depends()],
     file: FileField = None,
-    model: Annotated[str | None, Form(description="Any value; the loaded model answers")] = None,
-    language: Annotated[str | None, Form()] = None,
-    prompt: Annotated[str | None, Form()] = None,
-    response_format: Annotated[str | None, Form(description="Checked only; choose the format at /result")] = None,
-    temperature: Annotated[float | None, Form()] = None,
-    timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
-    hotwords: Annotated[str | None, Form()] = None,
-    postprocess: Annotated[str | None, Form()] = None,
-    postprocess_prompt: Annotated[str | None, Form()] = None,
-    redact: RedactField = None,
-    normalize: NormalizeField = None,
-    channels: ChannelsField = None,
-    known_speaker_names: SpeakerNamesField = None,
-    diarize: DiarizeField = None,
-    known_speaker_references: SpeakerReferencesField = None,
-    min_speakers: MinSpeakersField = None,
-    max_speakers: MaxSpeakersField = None,
     webhook_url: Annotated[str | None, Form(description="POSTed {id, status} when the job finishes")] = None,
     webhook_secret: Annotated[str | None, Form(description="Signs each delivery (X-STT-Signature)")] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
 ) -> JSONResponse:
-    settings = request.app.state.settings
-    service = _service(request)
-    fmt = parse_format(response_format)
-    words = _granularities(timestamp_granularities)
+    """`response_format` is checked only: choose the format at `/result`."""
+    settings = services.settings
+    audio, speakers, llm = form.audio, form.speakers, form.llm
+    fmt = audio.format()
+    words = audio.words()
     webhook = await validate_webhook_url(webhook_url, service.webhooks.policy)
     options = build_options(
-        settings, model_languages(request), language=language, prompt=prompt, temperature=temperature, word_timestamps=words, hotwords=hotwords
+        settings, services.model_languages(), language=audio.language, prompt=audio.prompt,
+        temperature=audio.temperature, word_timestamps=words, hotwords=audio.hotwords,
     )
-    text = text_options(settings, redact=redact, normalize=normalize)  # as the sync routes check them
-    split = split_channels_choice(settings, channels)
-    diarization = diarize_choice(diarize, fmt, split, known_speaker_names, known_speaker_references,
-                                 min_speakers, max_speakers)
+    text = form.text.options(settings)  # as the sync routes check them
+    split = speakers.split(settings)
+    diarization = speakers.diarization(fmt, split)
     if diarization is not None:  # a bad reference is a 400 now, not a failed job later
         await speakers_mod.prepare(settings, diarization)
-    if postprocess:
-        request.app.state.postprocessor.validate(postprocess, postprocess_prompt)
-    if file is None or isinstance(file, str):
-        raise InvalidRequest(
-            "'file' is required: send the audio as the multipart form field 'file'.", param="file", code="missing_file"
-        )
-    owner = _owner(request)
+    validate_postprocess(services, llm.postprocess, llm.postprocess_prompt)
+    file = require_file(file)
+    owner = _owner(request, services)
     key = idempotency_key.strip() if idempotency_key and idempotency_key.strip() else None
     existing = await service.store.by_idempotency_key(owner, key) if key else None
     job_id = new_job_id()
@@ -163,7 +113,7 @@ async def create_job(
                 fingerprint = await run_in_threadpool(request_fingerprint, path, fields)
             if existing is not None:  # a retried submission: the job it created, without storing the audio again
                 return _replayed(existing, fingerprint)
-            async with decoding_slot(request):  # checked whole, as the runner will read it; the samples are let go
+            async with services.intake.decoding_slot():  # checked whole, as the runner will read it; the samples are let go
                 checked = await run_in_threadpool(
                     decoder.decode, path, max_seconds=settings.max_audio_seconds, check_only=True
                 )
@@ -175,11 +125,11 @@ async def create_job(
         request.state.audio_seconds = duration
         job = Job(
             id=job_id, owner=owner, filename=filename, audio_path=f"{job_id}/upload", duration=duration,
-            options=options_to_dict(options), include_words=words, postprocess=postprocess or None,
-            postprocess_prompt=postprocess_prompt, webhook_url=webhook, webhook_secret=webhook_secret or None,
+            options=options_to_dict(options), include_words=words, postprocess=llm.postprocess or None,
+            postprocess_prompt=llm.postprocess_prompt, webhook_url=webhook, webhook_secret=webhook_secret or None,
             idempotency_key=key, request_fingerprint=fingerprint, redact="pii" if text.redact else "none",
             normalize="numbers" if text.normalize_numbers else "none", channels="split" if split else "mix",
-            known_speaker_names=parse_speaker_names(known_speaker_names),
+            known_speaker_names=speakers.names(),
             diarize=speakers_mod.request_to_dict(diarization),
         )
         stored, created = await service.submit(job)
@@ -206,16 +156,17 @@ def _replayed(existing: Job, fingerprint: str | None) -> JSONResponse:
 
 
 @router.get("/v1/jobs/{job_id}", summary="A job's status, progress and (when completed) its result")
-async def get_job(request: Request, job_id: str) -> JSONResponse:
-    return JSONResponse((await _job(request, job_id)).public())
+async def get_job(request: Request, services: ServicesDep, service: JobsDep, job_id: str) -> JSONResponse:
+    return JSONResponse((await _job(request, services, service, job_id)).public())
 
 
 @router.get("/v1/jobs/{job_id}/result", summary="A completed job's transcript in any response format")
 async def get_job_result(
-    request: Request, job_id: str, response_format: Annotated[str | None, Query()] = None
+    request: Request, services: ServicesDep, service: JobsDep, job_id: str,
+    response_format: Annotated[str | None, Query()] = None,
 ) -> Response:
     fmt = parse_format(response_format)
-    job = await _job(request, job_id)
+    job = await _job(request, services, service, job_id)
     if job.status != JobStatus.completed.value or job.result is None:
         raise JobNotReady(f"Job '{job_id}' is {job.status}; its result exists once it is completed.",
                           headers={"Retry-After": "5"} if job.status in ("queued", "processing") else None)
@@ -226,6 +177,8 @@ async def get_job_result(
 @router.get("/v1/jobs", summary="This caller's jobs, newest first (cursor: after=<last id>)")
 async def list_jobs(
     request: Request,
+    services: ServicesDep,
+    service: JobsDep,
     status: Annotated[str | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(max_length=100)] = None,
@@ -233,7 +186,7 @@ async def list_jobs(
     if status is not None and status not in {s.value for s in JobStatus}:
         raise InvalidRequest(f"Unknown status '{status}'; use one of: {', '.join(s.value for s in JobStatus)}.",
                              param="status", code="invalid_status")
-    jobs = await _service(request).store.list(_owner(request), status, limit + 1, after)
+    jobs = await service.store.list(_owner(request, services), status, limit + 1, after)
     page = jobs[:limit]
     body: dict[str, Any] = {
         "object": "list",
@@ -245,9 +198,8 @@ async def list_jobs(
 
 
 @router.post("/v1/jobs/{job_id}/retry", summary="Run a failed or cancelled job again (its attempts start over)")
-async def retry_job(request: Request, job_id: str) -> JSONResponse:
-    service = _service(request)
-    job = await _job(request, job_id)
+async def retry_job(request: Request, services: ServicesDep, service: JobsDep, job_id: str) -> JSONResponse:
+    job = await _job(request, services, service, job_id)
     if not await asyncio.to_thread((service.storage / job.audio_path).exists):
         raise JobNotReady(f"Job '{job_id}' can no longer be retried: its audio is not stored any more.",
                           code="job_audio_missing", param="id")
@@ -259,13 +211,12 @@ async def retry_job(request: Request, job_id: str) -> JSONResponse:
 
 
 @router.delete("/v1/jobs/{job_id}", summary="Cancel a queued or running job, or delete a finished one")
-async def delete_job(request: Request, job_id: str) -> JSONResponse:
-    service = _service(request)
-    job = await _job(request, job_id)
+async def delete_job(request: Request, services: ServicesDep, service: JobsDep, job_id: str) -> JSONResponse:
+    job = await _job(request, services, service, job_id)
     if job.status in (JobStatus.queued.value, JobStatus.processing.value):
         cancelled = await service.store.cancel(job_id)
         if cancelled is not None:  # the run notices within a second and drops its queued chunks
             return JSONResponse(cancelled.public())
-        job = await _job(request, job_id)  # it finished meanwhile: delete it as a finished job
+        job = await _job(request, services, service, job_id)  # it finished meanwhile: delete it as a finished job
     await service.remove(job)
     return JSONResponse({"id": job_id, "object": "transcription.job", "deleted": True})

@@ -5,31 +5,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from stt_engine.api.services import Services, ServicesDep
 from stt_engine.errors import NotReady
-from stt_engine.model_registry import ModelRegistry
 
 router = APIRouter()
 
 
-def _served(request: Request) -> list[dict[str, Any]]:
-    registry: ModelRegistry = request.app.state.models
-    created = int(request.app.state.started_at)
-    models = registry.describe(created)
+def _served(services: Services) -> list[dict[str, Any]]:
+    created = int(services.started_at)
+    models = services.models.describe(created)
     return [*models, {"id": "whisper-1", "object": "model", "created": created, "owned_by": "stt-engine"}]
 
 
 @router.get("/v1/models", tags=["openai"], summary="The served models")
-async def openai_models(request: Request) -> JSONResponse:
-    return JSONResponse({"object": "list", "data": _served(request)})
+async def openai_models(services: ServicesDep) -> JSONResponse:
+    return JSONResponse({"object": "list", "data": _served(services)})
 
 
 @router.get("/v1/models/{model_id:path}", tags=["openai"], summary="One served model (the SDK's models.retrieve)")
-async def openai_model(request: Request, model_id: str) -> JSONResponse:
-    entries = {entry["id"]: entry for entry in _served(request)}
-    picked = request.app.state.models.lookup(model_id)  # an unknown id: 404 model_not_found
+async def openai_model(services: ServicesDep, model_id: str) -> JSONResponse:
+    entries = {entry["id"]: entry for entry in _served(services)}
+    picked = services.models.lookup(model_id)  # an unknown id: 404 model_not_found
     entry = entries.get(model_id) or entries.get(picked.id)
     if entry is None:
         raise NotReady("The model is still loading; retry in a few seconds.", headers={"Retry-After": "5"})

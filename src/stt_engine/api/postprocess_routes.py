@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from stt_engine.api.schemas import PostprocessResult
+from stt_engine.api.services import PostProcessorDep
 from stt_engine.errors import STTError
-from stt_engine.postprocess.service import PostProcessor
 
 MAX_TEXT_CHARS = 1_000_000  # about 10 hours of speech; bounds memory and LLM time per request
 
@@ -29,41 +30,12 @@ class PostprocessRequest(BaseModel):
     language: str | None = Field(None, max_length=16, description="Language code of the text, e.g. `ko`.")
 
 
-class PostprocessError(BaseModel):
-    code: str
-    message: str
-    upstream_status: int | None = None
-    upstream_type: str | None = None
-
-
-class PostprocessResult(BaseModel):
-    """The result; `text` is null and `error` set when the LLM server failed."""
-
-    task: str
-    model: str | None = None
-    text: str | None = None
-    error: PostprocessError | None = None
-    chunks: int = 0
-    usage: dict[str, int] = Field(default_factory=dict)
-    warnings: list[str] = Field(default_factory=list)
-    duration_ms: float = 0.0
-
-
-def get_postprocessor(request: Request) -> PostProcessor:
-    """The app's shared `PostProcessor` (set by the app factory at start-up)."""
-    processor: PostProcessor | None = getattr(request.app.state, "postprocessor", None)
-    if processor is None:
-        raise STTError("Post-processing is not available on this server", code="postprocess_unavailable", status=503)
-    return processor
-
-
 @router.post(
     "/v1/postprocess", response_model=PostprocessResult,
     responses={503: {"description": "No LLM server is configured (VLLM_BASE_URL), or the server is starting."}},
 )
-async def postprocess(body: PostprocessRequest, request: Request) -> dict[str, Any]:
+async def postprocess(body: PostprocessRequest, processor: PostProcessorDep) -> dict[str, Any]:
     """Correct, summarize or turn into minutes a transcript sent as text."""
-    processor = get_postprocessor(request)
     if not processor.enabled:
         raise STTError(
             "Post-processing is not configured on this server: set VLLM_BASE_URL to an OpenAI-compatible LLM server.",

@@ -20,7 +20,8 @@ from fastapi import APIRouter, WebSocket
 from fastapi.responses import JSONResponse
 
 from stt_engine.api.errors import error_body
-from stt_engine.api.security import api_key_matches
+from stt_engine.api.security import api_key_matches, bearer_token
+from stt_engine.api.services import Services, services_of
 from stt_engine.audio import SAMPLE_RATE, DecodedAudio
 from stt_engine.config import Settings
 from stt_engine.errors import Unauthorized
@@ -40,9 +41,9 @@ CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TRY_AGAIN = 1000, 1008, 1013
 
 def _presented_key(websocket: WebSocket, offered: list[str]) -> str | None:
     """The key from `Authorization: Bearer`, or from a browser's `openai-insecure-api-key.<key>` subprotocol."""
-    scheme, _, token = (websocket.headers.get("authorization") or "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
+    token = bearer_token(websocket.headers.get("authorization"))
+    if token is not None:
+        return token
     for protocol in offered:
         if protocol.startswith(KEY_PROTOCOL_PREFIX):
             return protocol[len(KEY_PROTOCOL_PREFIX):]
@@ -78,21 +79,21 @@ def _scheduler_call(scheduler: Scheduler) -> Any:
     return transcribe
 
 
-async def _partial_model(state: Any, settings: Settings) -> Any:
+async def _partial_model(services: Services) -> Any:
     """REALTIME_PARTIAL_MODEL's transcribe call, or None: the session's model does partials too. The model is
     looked up for each partial, so one unloaded after MODEL_TTL_S loads again (a load that fails skips a partial)."""
-    name = settings.realtime_partial_model
-    if not name or state.models.lookup(name) is state.models.default:  # an unknown id stopped the server at start
+    name = services.settings.realtime_partial_model
+    if not name or services.models.lookup(name) is services.models.default:  # an unknown id stopped the start
         return None
-    return _model_call(state, lambda: name)
+    return _model_call(services, lambda: name)
 
 
-def _model_call(state: Any, model: Callable[[], str | None]) -> Any:
+def _model_call(services: Services, model: Callable[[], str | None]) -> Any:
     """A live session's transcribe call on the model `model()` names now (the session's `transcription.model`,
     checked when the client sets it): looked up for each decode, so one unloaded after MODEL_TTL_S loads again."""
 
     async def transcribe(samples: np.ndarray, options: TranscribeOptions) -> Transcript:
-        scheduler = await state.models.scheduler_for(model())
+        scheduler = await services.models.scheduler_for(model())
         return await _scheduler_call(scheduler)(samples, options)
 
     return transcribe
@@ -100,8 +101,8 @@ def _model_call(state: Any, model: Callable[[], str | None]) -> Any:
 
 @router.websocket("/v1/realtime")
 async def realtime(websocket: WebSocket) -> None:
-    state = websocket.app.state
-    settings: Settings = state.settings
+    services = services_of(websocket)
+    settings = services.settings
     offered = list(websocket.scope.get("subprotocols") or [])
     if settings.api_keys and not api_key_matches(_presented_key(websocket, offered), settings.api_keys):
         presented = _presented_key(websocket, offered) is not None
@@ -132,11 +133,8 @@ async def realtime(websocket: WebSocket) -> None:
             await websocket.close(code=close_code, reason=message[:120])
 
     holder = session_holder(settings, _presented_key(websocket, offered), websocket.client)
-    per_holder: dict[str, int] | None = getattr(state, "realtime_sessions_by_holder", None)
-    if per_holder is None:
-        per_holder = state.realtime_sessions_by_holder = {}
-    open_now = getattr(state, "realtime_sessions_open", 0)
-    if open_now >= settings.max_realtime_sessions:
+    sessions = services.realtime
+    if sessions.open >= settings.max_realtime_sessions:
         await refuse(
             f"Too many realtime sessions: this server allows {settings.max_realtime_sessions} at once "
             "(MAX_REALTIME_SESSIONS). Retry later." if settings.max_realtime_sessions else
@@ -144,29 +142,28 @@ async def realtime(websocket: WebSocket) -> None:
             "too_many_sessions" if settings.max_realtime_sessions else "realtime_disabled", CLOSE_TRY_AGAIN,
         )
         return
-    if per_holder.get(holder, 0) >= settings.realtime_max_sessions_per_key:
+    if sessions.held_by(holder) >= settings.realtime_max_sessions_per_key:
         await refuse(
             f"Too many realtime sessions for this {'API key' if settings.api_keys else 'client address'}: "
             f"{settings.realtime_max_sessions_per_key} at once (REALTIME_MAX_SESSIONS_PER_KEY). Close one or retry "
             "later.", "too_many_sessions_for_key", CLOSE_TRY_AGAIN,
         )
         return
-    if state.scheduler is None:
+    scheduler, engine = services.scheduler, services.engine
+    if scheduler is None or engine is None:
         await refuse("The model is still loading; retry in a few seconds.", "model_not_ready", CLOSE_TRY_AGAIN)
         return
 
-    state.realtime_sessions_open = open_now + 1
-    per_holder[holder] = per_holder.get(holder, 0) + 1
-    metrics = getattr(state, "metrics", None)
-    if metrics is not None:
-        metrics.realtime_sessions.inc()
+    sessions.opened(holder)
+    metrics = services.metrics
+    metrics.realtime_sessions.inc()
     deadline = time.monotonic() + settings.realtime_max_session_s
     beta = "realtime=v1" in (websocket.headers.get("openai-beta") or "")
-    session = RealtimeSession(settings, state.engine.supported_languages, send,
-                              _model_call(state, lambda: session.config.model), beta=beta, metrics=metrics,
+    session = RealtimeSession(settings, engine.supported_languages, send,
+                              _model_call(services, lambda: session.config.model), beta=beta, metrics=metrics,
                               expires_at=int(time.time() + settings.realtime_max_session_s),
-                              partial_transcribe=await _partial_model(state, settings),
-                              check_model=state.models.lookup)
+                              partial_transcribe=await _partial_model(services),
+                              check_model=services.models.lookup)
     try:
         await session.start()
         while not closed:
@@ -193,11 +190,6 @@ async def realtime(websocket: WebSocket) -> None:
     finally:
         closed = True
         await session.close()
-        state.realtime_sessions_open -= 1
-        if per_holder.get(holder, 0) <= 1:
-            per_holder.pop(holder, None)
-        else:
-            per_holder[holder] -= 1
-        if metrics is not None:
-            metrics.realtime_sessions.dec()
+        sessions.closed(holder)
+        metrics.realtime_sessions.dec()
         log.info("realtime session %s closed", session.id)

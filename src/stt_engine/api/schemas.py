@@ -1,14 +1,36 @@
 """Response models of the transcription routes, for `/docs` and the OpenAPI schema.
 
 The routes build their JSON themselves (the wire format predates these models and must not change), so these
-models describe it; `tests/test_http_hardening.py` checks that real responses validate against them.
+models describe it. Where OpenAI defines the shape, the model is the `openai` SDK's own type with our extra fields
+added, so a field the SDK does not know, or a type it would not parse, fails here; `tests/test_http_hardening.py` checks that real responses validate against them.
 """
 
 from __future__ import annotations
 
+from openai.types import audio as openai_audio
+from openai.types.audio.transcription_diarized_segment import TranscriptionDiarizedSegment
+from openai.types.audio.transcription_verbose import Usage as UsageDuration
 from pydantic import BaseModel, ConfigDict, Field
 
-from stt_engine.api.postprocess_routes import PostprocessResult
+
+class PostprocessError(BaseModel):
+    code: str
+    message: str
+    upstream_status: int | None = None
+    upstream_type: str | None = None
+
+
+class PostprocessResult(BaseModel):
+    """The result; `text` is null and `error` set when the LLM server failed."""
+
+    task: str
+    model: str | None = None
+    text: str | None = None
+    error: PostprocessError | None = None
+    chunks: int = 0
+    usage: dict[str, int] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+    duration_ms: float = 0.0
 
 
 class _Strict(BaseModel):
@@ -20,22 +42,6 @@ _ORIGINAL = Field(None, description="The unmasked text, with redact=pii and REDA
 _SPEAKER = Field(None, description="With channels=split, the channel's speaker; with diarization, A, B, ... in order "
                  "of first appearance, or a known speaker's name.")
 _CHANNEL = Field(None, description="With channels=split: the channel (0 = left).")
-
-
-class UsageDuration(_Strict):
-    """OpenAI's duration usage (docs/openai-compat.md)."""
-
-    type: str = "duration"
-    seconds: float = Field(description="Length of the input audio in seconds.")
-
-
-class Logprob(_Strict):
-    token: str
-    logprob: float
-    bytes: list[int]
-
-
-_USAGE = Field(None, description="The input audio's length, as OpenAI reports it.")
 
 
 class DroppedSegment(_Strict):
@@ -80,80 +86,95 @@ class TranscribeResponse(_Strict):
 
 
 # --- OpenAI: POST /v1/audio/transcriptions and /v1/audio/translations --------------------------------------
-class TranscriptionJson(_Strict):
+# The OpenAI SDK's own types, with our extra fields added (and no others allowed): the SDK parses what we send.
+class TranscriptionJson(openai_audio.Transcription):
     """`response_format=json` (the default)."""
 
-    text: str
+    model_config = ConfigDict(extra="forbid")
+
     language: str | None = Field(None, description="Present with `postprocess`.")
     postprocess: PostprocessResult | None = Field(None, description="Present when `postprocess` was asked for.")
     redactions: dict[str, int] | None = _REDACTIONS
     original_text: str | None = _ORIGINAL
-    logprobs: list[Logprob] | None = Field(None, description="Present with `include[]=logprobs`.")
-    usage: UsageDuration | None = _USAGE
 
 
-class VerboseSegment(_Strict):
-    id: int
-    seek: int
-    start: float
-    end: float
-    text: str
-    tokens: list[int]
-    temperature: float
-    avg_logprob: float
-    compression_ratio: float
-    no_speech_prob: float
+class VerboseSegment(openai_audio.TranscriptionSegment):
+    model_config = ConfigDict(extra="forbid")
+
     speaker: str | None = _SPEAKER
     channel: int | None = _CHANNEL
 
 
-class VerboseWord(_Strict):
-    word: str
-    start: float
-    end: float
+class VerboseWord(openai_audio.TranscriptionWord):
+    model_config = ConfigDict(extra="forbid")
+
     probability: float
 
 
-class TranscriptionVerbose(_Strict):
+class TranscriptionVerbose(openai_audio.TranscriptionVerbose):
     """`response_format=verbose_json`."""
 
+    model_config = ConfigDict(extra="forbid")
+
     task: str
-    language: str | None
-    duration: float
-    text: str
-    segments: list[VerboseSegment]
-    words: list[VerboseWord] | None = Field(None, description="Present with `timestamp_granularities[]=word`.")
+    language: str | None  # type: ignore[assignment]  # None when nothing was heard to tell it
+    segments: list[VerboseSegment]  # type: ignore[assignment]  # always sent
+    words: list[VerboseWord] | None = Field(  # type: ignore[assignment]
+        None, description="Present with `timestamp_granularities[]=word`."
+    )
     postprocess: PostprocessResult | None = Field(None, description="Present when `postprocess` was asked for.")
     dropped_segments: list[DroppedSegment] | None = Field(
         None, description="Segments the invented-phrase filter removed (HALLUCINATION_FILTER), with the reasons."
     )
     redactions: dict[str, int] | None = _REDACTIONS
     original_text: str | None = _ORIGINAL
-    usage: UsageDuration | None = _USAGE
 
 
-class DiarizedSegment(_Strict):
-    type: str = "transcript.text.segment"
-    id: str
-    start: float
-    end: float
-    speaker: str
-    text: str
+class DiarizedSegment(TranscriptionDiarizedSegment):
+    model_config = ConfigDict(extra="forbid")
+
     channel: int | None = _CHANNEL
 
 
-class TranscriptionDiarized(_Strict):
+class TranscriptionDiarized(openai_audio.TranscriptionDiarized):
     """`response_format=diarized_json` (OpenAI's shape); speakers come from diarization, or from channels=split."""
 
-    task: str
+    model_config = ConfigDict(extra="forbid")
+
+    task: str  # type: ignore[assignment]  # translate too, on /v1/audio/translations
     language: str | None
-    duration: float
-    text: str
-    segments: list[DiarizedSegment]
+    segments: list[DiarizedSegment]  # type: ignore[assignment]
     postprocess: PostprocessResult | None = Field(None, description="Present when `postprocess` was asked for.")
     redactions: dict[str, int] | None = _REDACTIONS
     original_text: str | None = _ORIGINAL
-    usage: UsageDuration | None = _USAGE
+
+
+# --- stream=true on /v1/audio/*: Server-Sent Events -----------------------------------------------------------
+class StreamDelta(openai_audio.TranscriptionTextDeltaEvent):
+    """`transcript.text.delta`: the next piece of the final text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamSegment(openai_audio.TranscriptionTextSegmentEvent):
+    """`transcript.text.segment` (diarized_json, channels=split, diarization): a finished segment and its speaker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channel: int | None = _CHANNEL
+
+
+class StreamDone(openai_audio.TranscriptionTextDoneEvent):
+    """`transcript.text.done`: the whole text, and what the response format's body would add beside it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    usage: UsageDuration | None = None  # type: ignore[assignment]  # audio seconds, as the non-streamed reply
+    segments: list[VerboseSegment] | list[DiarizedSegment] | None = None
+    words: list[VerboseWord] | None = None
+    dropped_segments: list[DroppedSegment] | None = None
+    redactions: dict[str, int] | None = _REDACTIONS
+    original_text: str | None = _ORIGINAL
 
 
 # --- POST /v1/audio/diarization -----------------------------------------------------------------------------

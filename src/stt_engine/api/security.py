@@ -25,6 +25,13 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
 
 
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (as the OpenAI SDK sends its key); None otherwise."""
+    scheme, _, token = (header or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 def api_key_matches(token: str | None, keys: Iterable[str]) -> bool:
     """Whether `token` is one of `keys`, compared in constant time (for routes the HTTP middleware doesn't see,
     such as WebSockets)."""
@@ -65,9 +72,8 @@ class ApiKeyMiddleware:
         return path.rstrip("/") or "/"
 
     def _authorised(self, header: str | None) -> bool:
-        scheme, _, token = (header or "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = bearer_token(header)
+        if token is None:
             return False
         presented = _digest(token)
         ok = False

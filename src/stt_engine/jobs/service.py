@@ -195,22 +195,18 @@ class _JobGauges:
         self.queue_age.set(max(0.0, time.time() - oldest) if oldest else 0.0)
 
 
-async def start_jobs(app: Any, settings: Settings) -> JobService:
-    """The server's jobs subsystem (its lifespan calls this): runs jobs unless Redis mode says API-only."""
+async def start_jobs(
+    settings: Settings, *, get_scheduler: Callable[[], Any], get_postprocessor: Callable[[], Any], metrics: Any,
+) -> JobService:
+    """The server's jobs subsystem (its lifespan calls this): runs jobs unless Redis mode says API-only. The
+    scheduler and post-processor are looked up when a job runs (the model may still be loading at start)."""
     service = JobService(
         settings,
-        get_scheduler=lambda: app.state.scheduler,
-        get_postprocessor=lambda: app.state.postprocessor,
+        get_scheduler=get_scheduler,
+        get_postprocessor=get_postprocessor,
         run_jobs=not is_redis(settings) or settings.jobs_local_worker,
-        registry=app.state.metrics.registry,
+        registry=metrics.registry,
     )
-    service.executor.metrics = app.state.metrics
+    service.executor.metrics = metrics
     await service.start()
     return service
-
-
-async def stop_jobs(app: Any) -> None:
-    service: JobService | None = getattr(app.state, "jobs", None)
-    if service is not None:
-        app.state.jobs = None
-        await service.stop()
