@@ -35,7 +35,8 @@ def test_request_hotwords_add_to_the_team_terms(tmp_path: Path) -> None:
     path = tmp_path / "vocab.txt"
     path.write_text(VOCAB, encoding="utf-8")
     settings = Settings(_env_file=None, vocabulary_file=path)
-    options = build_options(settings, {"ko"}, language="ko", hotwords="상담원")
+    options = build_options(settings, {"ko"}, language="ko", hotwords="상담원",
+                            vocabulary=load_vocabulary(settings.vocabulary_file))
     assert options.hotwords == "자동이체, 수하물, Kubernetes, 상담원"
     assert build_options(Settings(_env_file=None), {"ko"}, language="ko").hotwords is None
     assert merge_hotwords(load_vocabulary(None), "x") == "x"

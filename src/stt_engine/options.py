@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from stt_engine.config import Settings
 from stt_engine.errors import InvalidRequest, quote
 from stt_engine.openai_fields import VadParameters
-from stt_engine.textproc.vocabulary import Vocabulary, load_vocabulary, merge_hotwords
+from stt_engine.textproc.vocabulary import EMPTY as EMPTY_VOCABULARY
+from stt_engine.textproc.vocabulary import Vocabulary, merge_hotwords
 from stt_engine.types import Task
 
 # faster-whisper's default schedule: decode at 0, and raise the temperature while a decode looks broken.
@@ -82,13 +83,12 @@ def build_options(
     vad_filter: bool | None = None,
     vad: VadParameters | None = None,
     logprobs: bool = False,
-    vocabulary: Vocabulary | None = None,
+    vocabulary: Vocabulary = EMPTY_VOCABULARY,
 ) -> TranscribeOptions:
     """Validate a request's raw values against the server's settings; raise `InvalidRequest` with the reason.
 
     `vocabulary` is the team's (VOCABULARY_FILE), read by the caller once (`load_vocabulary`): its terms come first
-    in the hotwords, the request's own add to them. Pure when it is given; None still reads the file here, for the
-    callers that do not pass it yet (the API routes)."""
+    in the hotwords, the request's own add to them. Pure: nothing here reads a file."""
     for name, text in (("prompt", prompt), ("hotwords", hotwords)):
         if text and len(text) > settings.max_prompt_chars:
             raise InvalidRequest(
@@ -98,8 +98,6 @@ def build_options(
             )
     if task not in ("transcribe", "translate"):
         raise InvalidRequest(f"task must be 'transcribe' or 'translate', not {quote(task)}.", param="task")
-    if vocabulary is None:
-        vocabulary = load_vocabulary(settings.vocabulary_file)
     hotwords = merge_hotwords(vocabulary, hotwords)
     if beam_size is not None and not 1 <= beam_size <= 20:
         raise InvalidRequest("beam_size must be between 1 and 20.", param="beam_size")

@@ -91,6 +91,7 @@ async def create_job(
     options = build_options(
         settings, services.model_languages(), language=audio.language, prompt=audio.prompt,
         temperature=audio.temperature, word_timestamps=words, hotwords=audio.hotwords,
+        vocabulary=services.vocabulary(),
     )
     text = form.text.options(settings)  # as the sync routes check them
     split = speakers.split(settings)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from stt_engine.api.services import Services
-from stt_engine.textproc.vocabulary import load_vocabulary
 from stt_engine.types import Transcript
 
 
@@ -13,7 +12,7 @@ async def postprocess_transcript(
     services: Services, transcript: Transcript, task: str, prompt: str | None
 ) -> dict[str, Any]:
     """The LLM's result for `task`; a disabled post-processor answers with its own `llm_not_configured` error."""
-    prompt = load_vocabulary(services.settings.vocabulary_file).llm_prompt(task, prompt)
+    prompt = services.vocabulary().llm_prompt(task, prompt)
     assert services.postprocessor is not None  # the route validated the task with it
     result: dict[str, Any] = await services.postprocessor.run(transcript.text, task, prompt, transcript.language)
     services.metrics.observe_postprocess(task, result)  # asked-for and failed counts alike: an honest ratio

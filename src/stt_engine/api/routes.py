@@ -135,7 +135,7 @@ async def transcribe(
     split = speakers.split(settings)
     options = build_options(
         settings, services.model_languages(), language=language, task=task, prompt=prompt, hotwords=hotwords,
-        word_timestamps=word_timestamps,
+        word_timestamps=word_timestamps, vocabulary=services.vocabulary(),
     )
     text = text_form.options(settings)
     diarization = speakers.diarization(None, split) if speakers.diarize else None  # only when asked for here
@@ -184,7 +184,7 @@ async def _openai_audio(
     options = build_options(
         settings, services.model_languages(audio.model), language=audio.language, task=task, prompt=audio.prompt,
         temperature=audio.temperature, word_timestamps=words, hotwords=merge_keywords(audio.hotwords, extra.keywords),
-        vad_filter=extra.chunking.vad_filter, vad=extra.chunking.vad, logprobs=extra.logprobs,
+        vad_filter=extra.chunking.vad_filter, vad=extra.chunking.vad, logprobs=extra.logprobs, vocabulary=services.vocabulary(),
     )
     text = form.text.options(settings)
     extra.check(json_format=fmt is ResponseFormat.json, redact=text.redact, split_channels=split)

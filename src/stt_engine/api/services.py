@@ -28,6 +28,7 @@ from stt_engine.metrics import Metrics
 from stt_engine.model_registry import ModelRegistry
 from stt_engine.postprocess.service import PostProcessor
 from stt_engine.scheduler import Scheduler
+from stt_engine.textproc.vocabulary import Vocabulary, load_vocabulary
 
 
 class RealtimeSessions:
@@ -109,6 +110,10 @@ class Services:
     def model_languages(self, model: str | None = None) -> frozenset[str]:
         """The languages of the model `model` names (options are parsed only once it is loaded; before, 503)."""
         return self.ready_scheduler(model).engine.supported_languages
+
+    def vocabulary(self) -> Vocabulary:
+        """The team's VOCABULARY_FILE (cached, read again when the file changes): hotwords and the LLM glossary."""
+        return load_vocabulary(self.settings.vocabulary_file)
 
 
 def _still_loading() -> NotReady:
