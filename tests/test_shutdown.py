@@ -137,12 +137,12 @@ def test_sigterm_when_idle_exits_0(tmp_path: Path) -> None:
 def test_past_the_grace_a_request_gets_503_in_its_error_shape(tmp_path: Path, engine: Engine) -> None:
     """With SHUTDOWN_GRACE_S=1 a long transcription is cut off: its client gets a 503 in OpenAI's error shape
     (never uvicorn's plain 500), no upload is left behind, and the process exits 0, promptly. On the stand-in
-    (10 s a decode step) the cut always lands mid-decode, so the 503 is required; on the real model the cut lands
+    (6 s a decode step) the cut always lands mid-decode, so the 503 is required; on the real model the cut lands
     inside CTranslate2's decoding, whose threads must not take the process down (a 200 is allowed there: a fast
     machine may finish first)."""
     uploads = tmp_path / "tmp"  # the server's own TMPDIR: other servers on the machine write theirs to /tmp
     uploads.mkdir()
-    slow = {"FAKE_ENGINE_DECODE_S": "10"} if engine == "fake" else {}
+    slow = {"FAKE_ENGINE_DECODE_S": "6"} if engine == "fake" else {}
     with server_process(tmp_path, engine, SHUTDOWN_GRACE_S="1", TMPDIR=str(uploads), **slow) as (proc, base):
         worker, result = _in_background(
             _post_file(base, "/v1/audio/transcriptions", LONG, timeout=120))
