@@ -229,6 +229,7 @@ def test_control_characters_cannot_forge_log_lines(server: str) -> None:
 
 
 # --- connections --------------------------------------------------------------------------------------------
+@pytest.mark.slow  # waits out connection or LLM timeouts: not for the quick loop
 def test_slow_header_connections_are_closed_and_good_requests_answered(guarded: str) -> None:
     port = urlsplit(guarded).port
     socks = []
@@ -275,6 +276,7 @@ def test_slow_header_connections_are_closed_and_good_requests_answered(guarded: 
     assert _console_log(guarded).count("request headers not received") <= 11
 
 
+@pytest.mark.slow  # waits out connection or LLM timeouts: not for the quick loop
 def test_stalled_body_gets_408(guarded: str) -> None:
     with socket.create_connection(("127.0.0.1", urlsplit(guarded).port)) as sock:
         sock.sendall(
@@ -289,6 +291,7 @@ def test_stalled_body_gets_408(guarded: str) -> None:
     assert b'"body_timeout"' in data
 
 
+@pytest.mark.slow  # waits out connection or LLM timeouts: not for the quick loop
 def test_idle_connection_without_a_byte_is_closed(guarded: str) -> None:
     with socket.create_connection(("127.0.0.1", urlsplit(guarded).port)) as sock:
         sock.settimeout(HEADER_TIMEOUT_S + 5)
@@ -319,6 +322,7 @@ def _peak_rss_during(pid: int, action: Callable[[], httpx.Response]) -> tuple[ht
     return response, peak, elapsed
 
 
+@pytest.mark.slow  # waits out connection or LLM timeouts: not for the quick loop
 @pytest.mark.parametrize(("task", "drip"), [("summarize", False), ("correct", False), ("summarize", True)],
                          ids=["flood-summarize", "flood-correct", "drip"])
 def test_endless_llm_stream_costs_bounded_time_and_memory(guarded: str, task: str, drip: bool) -> None:

@@ -179,6 +179,7 @@ def test_bad_input_and_ownership(server: Proc, tmp_path: Path) -> None:
     assert httpx.get(server.base + "/v1/jobs", params={"status": "nope"}, headers=AUTH).status_code == 400
 
 
+@pytest.mark.slow  # a kill and restart, jobs at 5 s each: not for the quick loop
 def test_kill_9_with_jobs_queued_and_processing_loses_nothing(tmp_path: Path) -> None:
     """On the stand-in engine (what was said is test_submit_poll_result_in_every_format_equals_sync's business):
     after a SIGKILL, the running job and the queued ones each complete on the restarted server, from their own

@@ -80,6 +80,7 @@ def check_exhausted(base: str, receiver: Receiver, job_id: str) -> None:
     assert get_job(base, job_id)["webhook"]["status"] == "delivered"
 
 
+@pytest.mark.slow  # processes killed and restarted 3 times, Redis redelivery: not for the quick loop
 def test_a_job_killed_with_its_server_max_attempts_times_fails_once_and_can_be_retried(tmp_path: Path) -> None:
     env = {"DATA_DIR": str(tmp_path), "JOBS_CONCURRENCY": "1", "JOBS_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
            "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", **FAKE}
@@ -115,6 +116,7 @@ def test_a_job_killed_with_its_server_max_attempts_times_fails_once_and_can_be_r
             server.kill9()
 
 
+@pytest.mark.slow  # processes killed and restarted 3 times, Redis redelivery: not for the quick loop
 def test_redis_a_job_whose_worker_is_killed_max_attempts_times_fails_once(tmp_path: Path) -> None:
     """The same on many nodes: Dramatiq redelivers the dead worker's message, and the start it leads to is counted
     in Redis before the run begins; the start after the last one fails the job instead of running it."""
