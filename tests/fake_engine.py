@@ -6,7 +6,8 @@ nothing and "hears" `FAKE_TEXT` in any audio, so these tests run without a model
 Everything on the user's audio path (accuracy, decoding, streams, jobs end to end, live) keeps the real model.
 
 `python -m tests.fake_engine serve` is `stt-engine serve` with this engine: the whole server (uvicorn, logging, the
-SIGTERM drain) but no model load.
+SIGTERM drain) but no model load; `python -m tests.fake_engine worker` is `stt-engine worker` the same way (jobs
+machinery tests that kill workers: attempts, redelivery, nothing lost).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class FakeEngine:
         self.text = text
         self.decode_s = decode_s  # how long each decode step takes: for tests of timeouts and slow decoding
         self.requests = 0
+        self.decodes = 0
 
     def prepare(self, audio: DecodedAudio, options: TranscribeOptions, streamed: bool = False) -> Job:
         self.requests += 1
@@ -65,7 +67,10 @@ class FakeEngine:
         return replace(job.options, language=None)
 
     def decode(self, streams: Sequence[Stream], *, solo: bool = False) -> None:
-        time.sleep(self.decode_s)
+        """Takes `decode_s`, except the first step (the start-up warm-up), so a slow stand-in starts at once."""
+        if self.decodes:
+            time.sleep(self.decode_s)
+        self.decodes += 1
         for stream in streams:
             stream.job.language = stream.job.language or "en"
             stream.seek = stream.frames
@@ -91,17 +96,20 @@ class FakeEngine:
 
 
 def serve() -> int:
-    """`stt-engine serve` with a `FakeEngine`: no model is resolved, verified or loaded. `FAKE_ENGINE_DECODE_S` in
-    the environment sets its `decode_s`."""
+    """`stt-engine serve` (or `worker`) with a `FakeEngine`: no model is resolved, verified or loaded.
+    `FAKE_ENGINE_DECODE_S` in the environment sets its `decode_s`."""
     import stt_engine.api.app as app_module
     import stt_engine.models as models
+    import stt_engine.runtime as runtime
     from stt_engine import cli
+
+    def engine() -> FakeEngine:
+        return FakeEngine(decode_s=float(os.environ.get("FAKE_ENGINE_DECODE_S", "0")))
 
     create_app = app_module.create_app
     models.resolve_model = lambda settings: FAKE_MODEL  # type: ignore[assignment]
-    app_module.create_app = lambda settings=None, **kw: create_app(  # type: ignore[assignment]
-        settings, engine=FakeEngine(decode_s=float(os.environ.get("FAKE_ENGINE_DECODE_S", "0")))
-    )
+    app_module.create_app = lambda settings=None, **kw: create_app(settings, engine=engine())  # type: ignore[assignment]
+    runtime.load_engine = lambda settings, model=None: engine()  # type: ignore[assignment,return-value]  # the worker's
     return cli.main(sys.argv[1:])
 
 

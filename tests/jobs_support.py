@@ -75,10 +75,15 @@ def start_server(env: dict[str, str], timeout: float = 300, engine: Engine = "re
     return p
 
 
-def start_worker(env: dict[str, str], timeout: float = 300) -> Proc:
-    if os.environ.get(REAL_MODEL_OFF):
+def start_worker(env: dict[str, str], timeout: float = 300, engine: Engine = "real") -> Proc:
+    """`stt-engine worker`, returned once it logs "worker ready"; `engine="fake"` as for `start_server`."""
+    if engine == "fake":
+        command = [sys.executable, "-m", "tests.fake_engine", "worker"]
+    elif os.environ.get(REAL_MODEL_OFF):
         raise RuntimeError(f"{REAL_MODEL_OFF} is set (the no-model tier) but a test started a worker; mark it")
-    p = _spawn([sys.executable, "-m", "stt_engine", "worker"], env, f"jobs-worker-{free_port()}")
+    else:
+        command = [sys.executable, "-m", "stt_engine", "worker"]
+    p = _spawn(command, env, f"jobs-worker-{free_port()}")
     deadline = time.monotonic() + timeout
     while "worker ready" not in p.log.read_text(errors="replace"):
         if p.proc.poll() is not None:

@@ -16,7 +16,7 @@ from stt_engine.jobs.models import Job, transcript_from_dict, transcript_to_dict
 from stt_engine.jobs.store import SQLiteJobStore
 from stt_engine.types import ProcessedTranscript, SpeakerSegment
 from tests.jobs_support import Proc, RedisServer, start_server, submit, wait_status
-from tests.support import clip, error_rate, post_audio, running_server
+from tests.support import clip, error_rate, post_audio, shared_server
 
 LEFT = "ko/ett_pma00031.wav"  # speaker pma (F), from 0 s
 RIGHT = "ko/ett_kih00108.wav"  # speaker kih (M), from 3 s
@@ -122,12 +122,13 @@ def test_invalid_option_is_refused_before_any_job(server: Proc, field: str, valu
 
 def test_split_is_admitted_as_channels_times_length(call: Path) -> None:
     """The sync route's intake counts a split call's every channel: 2 × 13 s can never fit a 20 s queue (each channel
-    is queued on its own, all at once), so it is refused up front, while the same call mixed (13 s) is served."""
-    with running_server({"MAX_QUEUE_SECONDS": "20"}) as base:
-        split = post_audio(base, "/v1/audio/transcriptions", call, language="ko", channels="split")
-        assert split.status_code == 422 and split.json()["error"]["code"] == "audio_too_long", split.text
-        mixed = post_audio(base, "/v1/audio/transcriptions", call, language="ko", channels="mix")
-        assert mixed.status_code == 200, mixed.text
+    is queued on its own, all at once), so it is refused up front, while the same call mixed (13 s) is served.
+    Admission only: on the stand-in engine."""
+    base = shared_server({"MAX_QUEUE_SECONDS": "20"}, engine="fake")
+    split = post_audio(base, "/v1/audio/transcriptions", call, language="ko", channels="split")
+    assert split.status_code == 422 and split.json()["error"]["code"] == "audio_too_long", split.text
+    mixed = post_audio(base, "/v1/audio/transcriptions", call, language="ko", channels="mix")
+    assert mixed.status_code == 200, mixed.text
 
 
 def test_normalize_numbers_job(server: Proc) -> None:

@@ -1,4 +1,5 @@
-"""Jobs across nodes: a real redis-server, an API-only server and two `stt-engine worker` processes."""
+"""Jobs across nodes: a real redis-server, an API-only server (on the stand-in engine: it runs no job) and two
+`stt-engine worker` processes on the real model."""
 
 from __future__ import annotations
 
@@ -49,7 +50,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
            "JOBS_HEARTBEAT_TIMEOUT_S": "10", "JOBS_CONCURRENCY": "2", "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1"}
     procs: list[Proc] = []
     try:
-        api = start_server({**env, "JOBS_LOCAL_WORKER": "false"})
+        # the API node runs no job (JOBS_LOCAL_WORKER=false): the stand-in engine spares a model load, and a job
+        # it ran by mistake would fail `_check` (the stand-in's text is not the clip's)
+        api = start_server({**env, "JOBS_LOCAL_WORKER": "false"}, engine="fake")
         procs.append(api)
         workers = [start_worker(env), start_worker(env)]
         procs.extend(workers)

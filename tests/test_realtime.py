@@ -186,8 +186,9 @@ def test_bad_input_gets_error_events_and_the_session_goes_on(server: str) -> Non
 # --- limits and keys ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def limited() -> Iterator[str]:
+    """Keys, the session limit and the idle timeout: no test on it sends speech, so the stand-in engine."""
     env = {"API_KEYS": KEY, "MAX_REALTIME_SESSIONS": "1", "REALTIME_IDLE_TIMEOUT_S": "3"}
-    with running_server(env) as base:
+    with running_server(env, engine="fake") as base:
         yield base
 
 
