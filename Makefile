@@ -37,10 +37,11 @@ serve: $(VENV)/.installed
 	$(BIN)/stt-engine serve
 
 # whole test files spread over TEST_WORKERS processes (pytest-xdist): one file's servers stay in one process, and
-# while one waits (a server starting, live audio paced in real time, a drain) the other decodes
-TEST_WORKERS ?= 2
+# while one waits (a server starting, live audio paced in real time, a drain) the others decode; the slowest
+# tests are listed at the end, so a run shows where its time went
+TEST_WORKERS ?= 3
 test: install-test
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # a quick loop while developing (under 2 minutes): every test that loads no model (markers set by tests/conftest.py):
 # pure policy, options, config, and the HTTP layer in-process or on tests/fake_engine.py; STT_TESTS_NO_MODEL makes
