@@ -39,7 +39,7 @@ serve: $(VENV)/.installed
 # whole test files spread over TEST_WORKERS processes (pytest-xdist): one file's servers stay in one process, and
 # while one waits (a server starting, live audio paced in real time, a drain) the others decode; the slowest
 # tests are listed at the end, so a run shows where its time went
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 2
 test: install-test
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 

@@ -1,67 +1,14 @@
-"""A stream is as accurate as a file (issue 21 section 3): `stream=true` decodes the same plan (sections, windows,
-prompts) as the request without it, so on every long clip the streamed text is the file's text, word for word.
-
-Real server, real model, real long clips. The first delta's time is a timing, measured in bench/stream_bench.py,
-not asserted here.
-"""
+"""A stream is decoded with the file's plan (issue 21 section 3): the scheduler policy that sends a stream's first
+window first, on a stand-in engine. That the streamed text is the file's, word for word, on every long clip, is
+checked on the real model in test_fidelity.py, which reuses the file transcripts it makes there anyway."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-
-import httpx
-import pytest
 
 from stt_engine.engine import Stream
 from stt_engine.scheduler import Scheduler
-from tests.support import HAVE_FULL_AUDIO, Clip, clip, clips, error_rate, post_audio
 from tests.test_scheduler import EN, StandInEngine, audio
-
-LONG_SECONDS = 30.0
-LONG_EN = "en/en_longform_librispeech_librivox_concat.wav"  # in tests/data too: runs in a plain clone
-
-
-def _long_clips() -> list[str]:
-    """Every clip over 30 s the manifest lists (the long Korean and English ones, and the long music clip)."""
-    found = [c.file for c in clips() if c.duration > LONG_SECONDS]
-    return found if HAVE_FULL_AUDIO else sorted(set(found) | {LONG_EN})
-
-
-def _data(c: Clip, stream: bool) -> dict[str, str]:
-    data = {"model": "whisper-1", "response_format": "json"}
-    if c.language != "none":
-        data["language"] = c.language
-    if stream:
-        data["stream"] = "true"
-    return data
-
-
-def _streamed(base: str, c: Clip) -> tuple[list[str], dict]:
-    """The deltas and the done event of the streamed request."""
-    with c.path.open("rb") as handle:
-        response = httpx.post(base + "/v1/audio/transcriptions", files={"file": (c.path.name, handle)},
-                              data=_data(c, stream=True), timeout=900)
-    assert response.status_code == 200, response.text
-    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
-    assert events and events[-1]["type"] == "transcript.text.done", events[-3:]
-    return [e["delta"] for e in events if e["type"] == "transcript.text.delta"], events[-1]
-
-
-@pytest.mark.parametrize("file", _long_clips())
-def test_a_stream_is_the_file_word_for_word(server: str, file: str) -> None:
-    c = clip(file)
-    response = post_audio(server, "/v1/audio/transcriptions", c.path, timeout=900, **_data(c, stream=False))
-    assert response.status_code == 200, response.text
-    whole = response.json()["text"]
-    deltas, done = _streamed(server, c)
-    assert done["text"] == whole, "the streamed text must be the file's text"
-    assert "".join(deltas) == done["text"], "the deltas concatenate to the done text"
-    if c.reference:
-        assert whole, f"{file}: no text"
-        assert error_rate(done["text"], c) == error_rate(whole, c)
-        print(f"{file}: {'CER' if c.language in ('ko', 'zh', 'ja') else 'WER'} {error_rate(whole, c):.3f} "
-              f"streamed and as a file, {len(deltas)} deltas")
 
 
 # --- the first window goes first (scheduler policy, stand-in engine: no audio) --------------------------------
