@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stt_engine.config import Settings
-from stt_engine.engine import resolve_device, resolve_workers
+from stt_engine.engine import has_solo_instance, resolve_device, resolve_workers
 from stt_engine.engine.protocol import SpeechEngine
 from stt_engine.errors import ModelMemoryExceeded, NotFound, NotReady, STTError, quote
 from stt_engine.memory import release_memory, rss_bytes
@@ -63,7 +63,7 @@ def model_instances(settings: Settings) -> int:
     """Model instances one `Engine` holds: the workers' model, plus the all-cores one on CPU (engine/__init__)."""
     device = resolve_device(settings.whisper_device)
     workers, _ = resolve_workers(settings, device)
-    return 2 if device == "cpu" and workers > 1 and settings.whisper_solo_instance else 1
+    return 2 if has_solo_instance(settings, device, workers) else 1
 
 
 def needed_mb(model: ResolvedModel, settings: Settings) -> int:

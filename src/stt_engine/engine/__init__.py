@@ -75,6 +75,11 @@ def resolve_workers(settings: Settings, device: str) -> tuple[int, int]:
     return workers, threads
 
 
+def has_solo_instance(settings: Settings, device: str, workers: int) -> bool:
+    """Whether an `Engine` also holds the all-cores instance: on CPU with several single-thread workers."""
+    return device == "cpu" and workers > 1 and settings.whisper_solo_instance
+
+
 def on_lowered_thread(nice: int, build: Callable[[], T]) -> T:
     """`build()` on a thread whose CPU priority is lowered by `nice`. On Linux nice is per thread and a thread
     inherits it from the one that starts it, so the worker threads CTranslate2 starts while a model is built keep
@@ -117,7 +122,7 @@ class Engine:
         started = time.perf_counter()
         # One request alone would leave all but one single-thread worker idle: a second instance with every core's
         # thread decodes it instead, as fast as the library. Only on CPU, where the workers are threads of cores.
-        solo = self.device == "cpu" and self.workers > 1 and settings.whisper_solo_instance
+        solo = has_solo_instance(settings, self.device, self.workers)
         self.model = on_lowered_thread(settings.whisper_worker_nice if solo else 0, lambda: WhisperModel(
             str(model.path),
             device=self.device,
