@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TypeVar
 
@@ -89,25 +90,16 @@ def on_lowered_thread(nice: int, build: Callable[[], T]) -> T:
     is never done on a thread that does anything else."""
     if nice <= 0:
         return build()
-    box: list[T] = []
-    errors: list[BaseException] = []
 
-    def run() -> None:
+    def lowered() -> T:
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
         except OSError:  # not Linux, or not permitted: the same model, at the usual priority
             log.warning("could not lower the model workers' CPU priority", exc_info=True)
-        try:
-            box.append(build())
-        except BaseException as exc:
-            errors.append(exc)
+        return build()
 
-    thread = threading.Thread(target=run, name="stt-model-load")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return box[0]
+    with ThreadPoolExecutor(1, thread_name_prefix="stt-model-load") as pool:  # a thread of its own, then gone
+        return pool.submit(lowered).result()
 
 
 class Engine:
