@@ -76,3 +76,15 @@ def test_threads_started_while_a_model_is_built_on_a_lowered_thread_keep_its_low
     assert on_lowered_thread(5, build) == min(19, before + 5)
     assert on_lowered_thread(0, build) == before
     assert os.getpriority(os.PRIO_PROCESS, 0) == before  # the caller's own priority is untouched
+
+
+def test_the_engine_keeps_numpys_blas_on_the_calling_thread() -> None:
+    """OpenBLAS's own threads would spin on the cores the model's threads need (engine.one_blas_thread)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from stt_engine.engine import one_blas_thread
+
+    with threadpool_limits():  # restores this process's limits afterwards
+        one_blas_thread()
+        blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+        assert blas and all(pool["num_threads"] == 1 for pool in blas)

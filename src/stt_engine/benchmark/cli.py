@@ -17,7 +17,10 @@ so on a GPU host the library runs on the GPU too.
 - Peak RSS of the server per run, of this process while it runs the library, of the ceiling's processes summed.
 
 Throughput is audio seconds per wall-clock second; ratios are against the library and the ceiling measured in the
-same run, so machine speed cancels out (not the load of other work, which moves them). Writes `latest.json` and
+same run, so machine speed cancels out (not the load of other work, which moves them). The short-clip runs are
+repeated (`--repeats`, default 2) in turn, library, ceiling, server, library, ceiling, server, and each kind's repeats
+are pooled: a 25 s run on a shared VM moves by 10-15 % from one minute to the next, and a ratio of two runs taken a
+minute apart moves with it; interleaved repeats put the drift on both sides. Writes `latest.json` and
 `latest.png` to `--output-dir` (default bench/results).
 """
 
@@ -73,6 +76,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     quick = args.quick
     rounds = args.rounds or (1 if quick else 2)
+    repeats_wanted = args.repeats or (1 if quick else 2)
     concurrency = args.concurrency or ([1, 2] if quick else [1, 4, 8])
     modes = args.modes or list(MODES)
     limit = args.clips or (2 if quick else None)
@@ -110,16 +114,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
         runs: list[Run] = []
         rows: list[dict[str, Any]] = []
         for mode in modes:
-            raw = library.sequential_run(transcribe, short, audio, mode, rounds, own_rss, library_name)
-            print(f"{mode}: library {raw.wall_seconds:.1f} s", flush=True)
-            ceiling = library.ceiling_run(spec, processes, short, mode, rounds)
-            print(f"{mode}: ceiling {ceiling.wall_seconds:.1f} s", flush=True)
-            mode_runs = [raw, ceiling]
-            for clients in concurrency:
-                mode_runs.append(server_runs.server_run(server, short, payloads, mode, clients, rounds))
-                print(f"{mode}: server c={clients} {mode_runs[-1].wall_seconds:.1f} s", flush=True)
+            repeats: list[list[Run]] = []  # per repeat: library, ceiling, then the server at each concurrency
+            for repeat in range(1, repeats_wanted + 1):
+                raw = library.sequential_run(transcribe, short, audio, mode, rounds, own_rss, library_name)
+                print(f"{mode} #{repeat}: library {raw.wall_seconds:.1f} s", flush=True)
+                ceiling = library.ceiling_run(spec, processes, short, mode, rounds)
+                print(f"{mode} #{repeat}: ceiling {ceiling.wall_seconds:.1f} s", flush=True)
+                done = [raw, ceiling]
+                for clients in concurrency:
+                    done.append(server_runs.server_run(server, short, payloads, mode, clients, rounds))
+                    print(f"{mode} #{repeat}: server c={clients} {done[-1].wall_seconds:.1f} s "
+                          f"({done[-1].throughput / ceiling.throughput:.2f} of the ceiling)", flush=True)
+                repeats.append(done)
+            mode_runs = [Run.pooled(list(same)) for same in zip(*repeats)]
+            raw, ceiling = mode_runs[0], mode_runs[1]
             runs += mode_runs
-            rows += [report.run_row(run, raw, ceiling, short) for run in mode_runs]
+            rows += [report.run_row(run, raw, ceiling, short,
+                                    [r[i].throughput / r[1].throughput for r in repeats])
+                     for i, run in enumerate(mode_runs)]
         long_rows = server_runs.long_clip_rows(raw_model, library.batched(raw_model), server, long_clips, audio,
                                                payloads)
         fairness = None
@@ -138,6 +150,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                "load_average_end": [round(x, 2) for x in os.getloadavg()]}
     result = {
         "machine": machine, "model": model.name, "audio_dir": str(audio_dir), "quick": quick, "rounds": rounds,
+        "repeats": repeats_wanted,
         "raw": {"device": health["device"], "compute_type": health["compute_type"], "beam_size": library.BEAM_SIZE,
                 "vad_filter": True, "condition_on_previous_text": False, "threads": "library default",
                 "short_clips_pipeline": "BatchedInferencePipeline" if spec.batched else "WhisperModel.transcribe",
@@ -156,7 +169,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     }
     (out_dir / "latest.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     title = (f"stt-engine bench: {machine['cpu']}, {machine['cores']} cores, {model.name}, {health['device']} "
-             f"{health['compute_type']}; {len(short)} clips x {rounds} rounds; load average {load_start[0]:g} at start, "
+             f"{health['compute_type']}; {len(short)} clips x {rounds} rounds x {repeats_wanted} repeats; load average {load_start[0]:g} at start, "
              f"{machine['load_average_end'][0]:g} at end")
     report.chart(rows, out_dir / "latest.png", title)
     print(f"\nwrote {out_dir / 'latest.json'} and {out_dir / 'latest.png'}")
@@ -172,6 +185,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--audio-dir", default=None,
                        help="folder with manifest.tsv (default ../shared/audio if present, else tests/data)")
     bench.add_argument("--rounds", type=int, default=None, help="passes over the short clips per run (default 2)")
+    bench.add_argument("--repeats", type=int, default=None,
+                       help="times the library, the ceiling and the server runs are repeated, interleaved, and "
+                            "pooled; each repeat's server / ceiling ratio is listed too (default 2, --quick 1)")
     bench.add_argument("--clips", type=int, default=None,
                        help="use only this many short clips, the shortest of each language in turn (default all)")
     bench.add_argument("--concurrency", type=int, nargs="+", default=None, help="server clients (default 1 4 8)")

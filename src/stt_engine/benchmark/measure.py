@@ -42,6 +42,16 @@ class Run:
     def throughput(self) -> float:
         return self.audio_seconds / self.wall_seconds if self.wall_seconds else 0.0
 
+    @classmethod
+    def pooled(cls, runs: list[Run]) -> Run:
+        """Repeats of the same run as one: their work and wall time summed, so throughput is total audio over total
+        time, and their latencies together. Repeats interleaved with the other runs' share the machine's drift."""
+        first = runs[0]
+        return cls(first.mode, first.name, first.concurrency, sum(r.requests for r in runs),
+                   sum(r.audio_seconds for r in runs), sum(r.wall_seconds for r in runs),
+                   [t for r in runs for t in r.latencies], runs[-1].texts,
+                   max((r.peak_rss_mb for r in runs if r.peak_rss_mb is not None), default=None), first.kind)
+
     def pct(self, q: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else 0.0
