@@ -33,11 +33,12 @@ from stt_engine.scheduler.policy import (
     fair_share,
     level,
     long_turn_due,
+    next_at_gate,
     pick_batch,
     run_solo,
     slot_rank,
 )
-from stt_engine.scheduler.slots import RankedPool, RankedSlots
+from stt_engine.scheduler.slots import CoreGate, RankedPool, RankedSlots
 from stt_engine.types import Transcript
 
 EN = TranscribeOptions(language="en")
@@ -444,3 +445,53 @@ def test_ranked_pool_lets_go_of_a_finished_calls_audio() -> None:
         time.sleep(0.02)
     assert gone() is None, "the pool still holds the finished call's arguments"
     pool.shutdown()
+
+
+def test_a_shared_decoding_slot_goes_to_the_highest_priority_then_the_earliest() -> None:
+    """Across models (scheduler.slots.CoreGate): (priority, waiting since, arrival) per waiting batch."""
+    live, file, job = int(Priority.LIVE), int(Priority.FILE), int(Priority.JOB)
+    assert next_at_gate([(file, 0.0, 0), (live, 1.0, 1), (job, 0.0, 2)], now=1.0) == 1
+    assert next_at_gate([(file, 0.5, 1), (file, 0.0, 0)], now=1.0) == 1
+    # a job batch that waited STARVE_AFTER_SECONDS at the gate ranks as a file's, and came first
+    assert next_at_gate([(file, STARVE_AFTER_SECONDS, 1), (job, 0.0, 0)], now=STARVE_AFTER_SECONDS) == 1
+
+
+async def test_two_models_share_the_cores_and_a_live_turn_of_one_goes_before_file_work_of_the_other() -> None:
+    """Each model's workers are sized for the whole machine; with a shared gate of 2 slots, two busy models never
+    decode more than 2 windows at once, and a live request to model B starts at the next free slot although
+    model A has windows of a file waiting."""
+    started: list[str] = []
+    running = [0, 0]  # now, most at once
+    lock = threading.Lock()
+
+    class Counted(StandInEngine):
+        def decode(self, streams: Sequence[Stream], *, solo: bool = False) -> None:
+            with lock:
+                running[0] += 1
+                running[1] = max(running)
+                started.extend(s.job.name for s in streams)  # type: ignore[attr-defined]
+            try:
+                super().decode(streams, solo=solo)
+            finally:
+                with lock:
+                    running[0] -= 1
+
+    gate = CoreGate(2)
+    schedulers = []
+    for _ in range(2):
+        schedulers.append(Scheduler(Counted(workers=2, delay=0.05), max_queue_seconds=10_000, gate=gate))
+    a, b = schedulers
+    file = asyncio.ensure_future(a.transcribe(audio("file", 3600), EN, priority=Priority.FILE))  # 120 windows
+    await asyncio.sleep(0.2)
+    job = asyncio.ensure_future(b.transcribe(audio("job", 60), EN, priority=Priority.JOB))
+    await asyncio.sleep(0.02)
+    live = asyncio.ensure_future(b.transcribe(audio("live", 5), EN, priority=Priority.LIVE))
+    arrived = len(started)
+    await live
+    assert not file.done(), started
+    await asyncio.gather(file, job)
+    for scheduler in schedulers:
+        scheduler.close(1)
+    assert running[1] == 2, running
+    live_at, job_at = started.index("live"), started.index("job")
+    assert live_at <= arrived + 2 and live_at < job_at, (arrived, live_at, job_at, len(started))

@@ -1,9 +1,11 @@
 """The models one server serves: the default model and the WHISPER_MODELS, each with its own engine and scheduler.
 
 Each model has its own `Scheduler` (its own ready set and workers): windows of different models never share a
-batch, since a batch is one `generate` call on one model. The default model is loaded at start by the app and
-never unloaded; an extra one loads on its first request (off the event loop; concurrent first requests share
-the one load) or at start with MODELS_PRELOAD, and unloads after MODEL_TTL_S idle. MODEL_MEMORY_MB bounds what
+batch, since a batch is one `generate` call on one model. Their decodes share one `CoreGate`: no more windows at
+once than the machine's slots, the next slot to the request that ranks first across models. The default model is
+loaded at start by the app and never unloaded; an extra one loads on its first request (off the event loop;
+concurrent first requests share the one load) or at start with MODELS_PRELOAD, and unloads after MODEL_TTL_S
+idle. MODEL_MEMORY_MB bounds what
 all loaded models may take: a load that would pass it first unloads idle extra models, least recently used
 first, and is refused with 503 `model_memory_exceeded` when that is not enough (policy: `models/serving.py`).
 
@@ -31,6 +33,7 @@ from stt_engine.models.resolve import find_named_model, verify
 from stt_engine.models.serving import OPENAI_ALIASES, Loaded, estimate_mb, expired, parse_entries, plan_load
 from stt_engine.runtime import build_scheduler, load_engine, warm_up
 from stt_engine.scheduler import Scheduler
+from stt_engine.scheduler.slots import CoreGate
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,10 @@ class ModelRegistry:
         extra = parse_entries(settings.whisper_models, [settings.whisper_model] if settings.whisper_model else [])
         self.extra: dict[str, ServedModel] = {e.id: ServedModel(e.id, e.name) for e in extra}
         self._lock = asyncio.Lock()  # one load or unload at a time: the budget sees every change
+        # Every model's workers are sized for the whole machine: with several models, their windows share one set
+        # of decoding slots, handed out across models by priority (scheduler.slots.CoreGate).
+        self.gate = CoreGate(resolve_workers(settings, resolve_device(settings.whisper_device))[0]) \
+            if self.extra else None
         partial = settings.realtime_partial_model
         if partial and partial not in self.extra and partial not in OPENAI_ALIASES | {settings.whisper_model}:
             raise ValueError(f"REALTIME_PARTIAL_MODEL={partial!r} is not a served model: give an id of WHISPER_MODELS")
@@ -146,7 +153,7 @@ class ModelRegistry:
                     log.exception("model %s failed to load", model.id)
                     raise STTError(f"The model {quote(model.id)} failed to load: {exc}", status=503,
                                    code="model_load_failed") from None
-                scheduler = build_scheduler(engine, self.settings, self.metrics)
+                scheduler = build_scheduler(engine, self.settings, self.metrics, self.gate)
                 await warm_up(scheduler)
                 model.engine, model.scheduler, model.memory_mb, model.freed_mb = engine, scheduler, need, None
                 model.load_seconds = time.perf_counter() - started

@@ -15,6 +15,7 @@ from stt_engine.metrics import Metrics
 from stt_engine.models import ResolvedModel, resolve_model
 from stt_engine.options import TranscribeOptions
 from stt_engine.scheduler import Priority, Scheduler
+from stt_engine.scheduler.slots import CoreGate
 
 
 def load_engine(settings: Settings, model: ResolvedModel | None = None) -> Engine:
@@ -32,7 +33,8 @@ async def warm_up(scheduler: Scheduler) -> None:
     )
 
 
-def build_scheduler(engine: SpeechEngine, settings: Settings, metrics: Metrics | None = None) -> Scheduler:
+def build_scheduler(engine: SpeechEngine, settings: Settings, metrics: Metrics | None = None,
+                    gate: CoreGate | None = None) -> Scheduler:
     return Scheduler(
         engine,
         batch_wait_ms=settings.whisper_batch_wait_ms,
@@ -41,4 +43,5 @@ def build_scheduler(engine: SpeechEngine, settings: Settings, metrics: Metrics |
         timeout_base_s=settings.request_timeout_base_s,
         timeout_rtf=settings.request_timeout_rtf,
         on_batch=metrics.observe_batch if metrics is not None else None,
+        gate=gate,
     )

@@ -157,7 +157,7 @@ async def _load(services: Services, model: ResolvedModel | None, given: SpeechEn
         started = time.perf_counter()
         engine = given if given is not None else await run_in_threadpool(load_engine, settings, model)
         metrics.model_load_seconds.set(time.perf_counter() - started)
-        scheduler = services.scheduler = build_scheduler(engine, settings, metrics)
+        scheduler = services.scheduler = build_scheduler(engine, settings, metrics, services.models.gate)
         services.engine = engine
         services.models.set_default(engine, scheduler)
         services.load_status = "warming_up"

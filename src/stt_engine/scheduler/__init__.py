@@ -18,6 +18,7 @@ bookkeeping; decoding and assembling a transcript happen outside it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -47,7 +48,7 @@ from stt_engine.scheduler.policy import (
     run_solo,
     slot_rank,
 )
-from stt_engine.scheduler.slots import RankedPool
+from stt_engine.scheduler.slots import CoreGate, RankedPool
 from stt_engine.types import Segment, Transcript
 
 __all__ = ["Priority", "Scheduler", "SchedulerStats"]
@@ -115,6 +116,7 @@ class Scheduler:
         timeout_base_s: float = 60.0,
         timeout_rtf: float = 2.0,
         on_batch: Callable[[int, float], None] | None = None,
+        gate: CoreGate | None = None,
     ) -> None:
         self.engine = engine
         self.batch_size = engine.batch_size
@@ -132,6 +134,7 @@ class Scheduler:
         self._tick = itertools.count()
         self._stopping = False
         self._prep = RankedPool(max(1, engine.workers), "stt-prep")
+        self.gate = gate  # decoding slots shared with other models' schedulers (model_registry)
         self._short_in_a_row = 0  # batches in a row that went to short requests while long ones had ready windows
         self._long_busy = 0  # workers decoding a long request's window
         self._express_busy = False
@@ -368,15 +371,33 @@ class Scheduler:
             batch.append(stream)
         return batch
 
-    def _take_batch(self) -> tuple[list[Stream], bool, bool] | None:
-        """Wait for ready work, then take this worker's fair share of it as one batch, whether it may run on
-        every core (it is all there is to do), and whether it is a long request's. None: stop."""
+    def _await_work(self) -> bool:
+        """Wait until a window is ready. False: stop."""
+        while True:
+            if self._stopping and not self._tickets:
+                return False
+            if self._ready()[0]:
+                return True
+            self._cond.wait(timeout=0.5)
+
+    def _top_priority(self) -> int:
+        """The highest priority among the requests with a ready window (-1: none), for the shared `gate`."""
+        with self._cond:
+            candidates, _, _ = self._ready()
+            return max((self._tickets[c.ticket].priority for c in candidates), default=-1)
+
+    def _take_batch(self, wait: bool = True) -> tuple[list[Stream], bool, bool] | None:
+        """Wait for ready work (or, `wait` false, take none if another worker took it), then take this worker's
+        fair share of it as one batch, whether it may run on every core (it is all there is to do), and whether
+        it is a long request's. None: stop."""
         while True:
             if self._stopping and not self._tickets:
                 return None
             candidates, turns, streams = self._ready()
             if candidates:
                 break
+            if not wait:
+                return [], False, False
             self._cond.wait(timeout=0.5)
         if len(candidates) < self.batch_size and self.batch_wait > 0 and self.batch_size > 1:
             self._cond.wait(timeout=self.batch_wait)  # let concurrent requests join this batch
@@ -419,13 +440,19 @@ class Scheduler:
         try:
             while True:
                 try:
-                    with self._cond:
-                        taken = self._take_batch()
-                    if taken is None:
-                        return
-                    batch, solo, long = taken
-                    if batch:
-                        self._run(batch, solo, long=long)
+                    gate = self.gate  # shared with other models: a slot first, then the batch (never held waiting)
+                    if gate:
+                        with self._cond:
+                            if not self._await_work():
+                                return
+                    with gate.slot(self._top_priority) if gate else contextlib.nullcontext():
+                        with self._cond:
+                            taken = self._take_batch(wait=gate is None)
+                        if taken is None:
+                            return
+                        batch, solo, long = taken
+                        if batch:
+                            self._run(batch, solo, long=long)
                 except Exception:
                     log.exception("scheduler worker: unexpected error; continuing")
                     time.sleep(0.1)

@@ -144,6 +144,14 @@ def express(short_ready: bool, busy_workers: int, workers: int, long_busy: int, 
     return short_ready and solo_free and workers > 0 and busy_workers >= workers and long_busy >= workers
 
 
+def next_at_gate(waiting: Sequence[tuple[int, float, int]], now: float) -> int:
+    """Which of the batches waiting for a decoding slot shared by several models (`slots.CoreGate`) goes first:
+    `waiting` is (priority, waiting since, arrival number) per batch; the highest `effective_priority` (so a job's
+    batch waiting behind another model's live turns moves up as any request does), then the earliest. Its index."""
+    return min(range(len(waiting)),
+               key=lambda i: (-effective_priority(waiting[i][0], now - waiting[i][1]), waiting[i][2]))
+
+
 def slot_rank(seconds: float | None, arrived: float) -> float:
     """Order of service for a limited resource (decoding slots, the VAD threads): lowest first. Arrival time plus
     `SLOT_SECONDS_PER_AUDIO_SECOND` per second of audio, at most `SLOT_MAX_HEADSTART` (unknown length: the most).

@@ -10,11 +10,11 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from stt_engine.scheduler.policy import is_short, slot_rank
+from stt_engine.scheduler.policy import is_short, next_at_gate, slot_rank
 
 T = TypeVar("T")
 
@@ -135,3 +135,43 @@ class RankedPool:
             self._cond.notify_all()
         for entry in pending:
             entry[3].cancel()
+
+
+class CoreGate:
+    """Decoding slots shared by the schedulers of every model a server serves (one slot per core on a CPU). Each
+    model's workers are sized for the whole machine; with two models busy, a worker waits here for a slot before it
+    takes a batch, and the slot goes to the worker whose model has the request that ranks first across models
+    (`policy.next_at_gate`): a live turn of one model before file work of another, and no more windows decoding at
+    once than the machine has room for. Each waiter's priority is asked again whenever a slot frees, so work that
+    arrives meanwhile counts. With one model busy nothing waits: its workers are never more than the slots."""
+
+    def __init__(self, slots: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.slots = max(1, slots)
+        self.free = self.slots
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._waiting: list[tuple[Callable[[], int], float, int]] = []
+
+    def _first(self) -> tuple[Callable[[], int], float, int]:
+        ranks = [(priority(), since, seq) for priority, since, seq in self._waiting]
+        return self._waiting[next_at_gate(ranks, self.clock())]
+
+    @contextlib.contextmanager
+    def slot(self, priority: Callable[[], int]) -> Iterator[None]:
+        """Hold one slot for the `with` body. `priority()`: the best priority the caller has work for now (it may
+        take its scheduler's lock: the gate never runs while a scheduler holds its own)."""
+        me = (priority, self.clock(), next(self._seq))
+        with self._cond:
+            self._waiting.append(me)
+            while not (self.free and self._first() is me):
+                self._cond.wait(timeout=0.5)  # priorities age and new work arrives while waiting: look again
+            self._waiting.remove(me)
+            self.free -= 1
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.free += 1
+                self._cond.notify_all()
