@@ -28,7 +28,15 @@ from stt_engine.memory import release_memory, rss_bytes
 from stt_engine.metrics import Metrics
 from stt_engine.models import ResolvedModel
 from stt_engine.models.resolve import find_named_model, verify
-from stt_engine.models.serving import OPENAI_ALIASES, Loaded, estimate_mb, expired, parse_entries, plan_load
+from stt_engine.models.serving import (
+    OPENAI_ALIASES,
+    Loaded,
+    estimate_mb,
+    ever_fits,
+    expired,
+    parse_entries,
+    plan_load,
+)
 from stt_engine.runtime import build_scheduler, load_engine, warm_up
 from stt_engine.scheduler import Scheduler
 
@@ -167,11 +175,17 @@ class ModelRegistry:
         loaded = [self._as_loaded(m) for m in self.models() if m.scheduler is not None]
         evict = plan_load(need, self.settings.model_memory_mb, loaded)
         if evict is None:
-            used = sum(m.memory_mb for m in loaded)
+            used, budget = sum(m.memory_mb for m in loaded), self.settings.model_memory_mb
+            if not ever_fits(need, budget, loaded):
+                raise ModelMemoryExceeded(
+                    f"Loading the model {quote(model.id)} needs about {need} MB; with the default model's "
+                    f"{self.default.memory_mb} MB it can never fit in MODEL_MEMORY_MB={budget}. Raise the budget, "
+                    "or use another model.", retryable=False,
+                )
             raise ModelMemoryExceeded(
                 f"Loading the model {quote(model.id)} needs about {need} MB; {used} MB of MODEL_MEMORY_MB="
-                f"{self.settings.model_memory_mb} are held by models in use. Retry when they are idle, or use "
-                "another model.", headers={"Retry-After": "30"},
+                f"{budget} are held by models in use. Retry when they are idle, or use another model.",
+                headers={"Retry-After": "30"},
             )
         for model_id in evict:
             await self._unload(self.extra[model_id], "to make room")
@@ -237,17 +251,27 @@ class ModelRegistry:
 
     def describe(self, created: int) -> list[dict[str, Any]]:
         """OpenAI's model objects, with whether each is loaded now (extra fields the SDK keeps)."""
-        out = []
-        for model in self.models():
-            if model.default and model.engine is None:
-                continue
-            out.append({
-                "id": model.id, "object": "model", "created": created, "owned_by": "stt-engine",
-                "default": model.default, "loaded": model.scheduler is not None, "loads": model.loads,
-                "memory_mb": model.memory_mb or None, "load_seconds": _round(model.load_seconds),
-                "freed_mb": model.freed_mb,
-            })
-        return out
+        return [
+            {"id": model.id, "object": "model", "created": created, "owned_by": "stt-engine", **_state(model)}
+            for model in self.models() if not (model.default and model.engine is None)
+        ]
+
+    def health(self) -> list[dict[str, Any]]:
+        """What `/health` shows of each served model: `/v1/models`' fields, and how long it has been idle
+        (`idle_seconds`: None before its first request; 0 while it works), against MODEL_TTL_S."""
+        now = self.clock()
+        return [
+            {"id": model.id, **_state(model),
+             "idle_seconds": None if not model.last_used else 0.0 if model.busy else round(now - model.last_used, 1)}
+            for model in self.models() if not (model.default and model.engine is None)
+        ]
+
+
+def _state(model: ServedModel) -> dict[str, Any]:
+    return {
+        "default": model.default, "loaded": model.scheduler is not None, "loads": model.loads,
+        "memory_mb": model.memory_mb or None, "load_seconds": _round(model.load_seconds), "freed_mb": model.freed_mb,
+    }
 
 
 def _round(value: float | None) -> float | None:
