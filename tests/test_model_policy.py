@@ -238,3 +238,28 @@ def test_job_records_without_a_model_mean_the_default() -> None:
     old = Job.from_dict({"id": "job_1", "status": "queued"})  # stored before jobs had a model
     assert old.model is None and old.public()["model"] == "default"
     assert Job.from_dict(Job(id="job_2", model="small").to_dict()).public()["model"] == "small"
+
+
+def test_a_job_waits_while_its_model_does_not_fit_yet_and_runs_once_it_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget refuses the load while other models are busy (retryable): the job stays on its first attempt,
+    waits and tries again, as it waits for a full queue, instead of failing."""
+    from tests.support import SHARED_AUDIO, app_client
+
+    stand = _Stand(monkeypatch, tmp_path)
+    refused: list[str] = []
+    load = ModelRegistry.scheduler_for
+
+    async def busy_at_first(self: ModelRegistry, name: str | None) -> Any:
+        if name == "small" and not refused:
+            refused.append(name)
+            raise ModelMemoryExceeded("Other models hold the budget.", retryable=True)
+        return await load(self, name)
+
+    monkeypatch.setattr(ModelRegistry, "scheduler_for", busy_at_first)
+    monkeypatch.setattr("stt_engine.jobs.runner.MODEL_WAIT_S", 0.2)
+    audio = {"file": ("jfk.flac", (SHARED_AUDIO / "en" / "jfk.flac").read_bytes())}
+    with app_client(tmp_path, **_settings(stand)) as client:
+        job = _wait_job(client, client.post("/v1/jobs", files=audio, data={"model": "small"}).json()["id"])
+    assert refused == ["small"], refused
+    assert job["status"] == "completed" and job["attempts"] == 1 and _Stand.TEXT in job["result"]["text"], job
