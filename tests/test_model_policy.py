@@ -76,7 +76,8 @@ def _registry(tmp_path: Path, **settings: object) -> ModelRegistry:
     config = Settings(_env_file=None, verify_model=False, whisper_device="cpu", whisper_num_workers=1, **settings)
     registry = ModelRegistry(config)
     default = ResolvedModel(_model_dir(tmp_path / "base", 300 << 20), "base", "setting")
-    registry.set_default(SimpleNamespace(resolved=default), SimpleNamespace(queued_requests=0))  # type: ignore[arg-type]
+    engine = SimpleNamespace(resolved=default, supported_languages=frozenset({"en"}))
+    registry.set_default(engine, SimpleNamespace(queued_requests=0))  # type: ignore[arg-type]
     return registry
 
 
@@ -160,10 +161,15 @@ class _Stand:
     TEXT = "The small stand-in heard this."
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        self.folder = _model_dir(tmp_path / "small", 1 << 20)
+        monkeypatch.setattr("stt_engine.model_registry.load_engine", lambda settings, resolved: self.engine())
+
+    def engine(self) -> Any:
         from tests.fake_engine import FakeEngine
 
-        self.folder = _model_dir(tmp_path / "small", 1 << 20)
-        monkeypatch.setattr("stt_engine.model_registry.load_engine", lambda settings, resolved: FakeEngine(self.TEXT))
+        engine = FakeEngine(self.TEXT)
+        engine.supported_languages = frozenset({"en"})  # English-only, as tiny.en
+        return engine
 
 
 def _settings(stand: _Stand) -> dict[str, object]:
@@ -218,6 +224,9 @@ def test_a_job_runs_on_the_model_it_names_and_an_unknown_id_stores_nothing(
         health = {m["id"]: m for m in client.get("/health").json()["models"]}
         assert health["small"]["loaded"] is True and health["small"]["loads"] == 1
         assert health["fake-whisper"]["default"] is True
+        # once loaded, its languages are known: a language it cannot write is refused at submission, as a request is
+        korean = client.post("/v1/jobs", files=audio, data={"model": "small", "language": "ko"})
+        assert korean.status_code == 400 and korean.json()["error"]["code"] == "invalid_language", korean.text
 
 
 def test_a_job_whose_model_never_fits_the_budget_fails_with_the_reason(tmp_path: Path) -> None:

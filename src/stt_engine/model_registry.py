@@ -7,7 +7,7 @@ the one load) or at start with MODELS_PRELOAD, and unloads after MODEL_TTL_S idl
 all loaded models may take: a load that would pass it first unloads idle extra models, least recently used
 first, and is refused with 503 `model_memory_exceeded` when that is not enough (policy: `models/serving.py`).
 
-It lives below the API (routes call `scheduler_for`), so the job worker could serve several models too.
+It lives below the API (routes call `scheduler_for`), so the job worker serves several models too (jobs/worker.py).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class ServedModel:
     loads: int = 0
     load_seconds: float | None = None
     freed_mb: float | None = None  # resident memory the last unload gave back (None until that unload is done)
+    languages: frozenset[str] | None = None  # what it can write, known once it has loaded (kept after an unload)
     loading: asyncio.Future[Scheduler] | None = None
 
     @property
@@ -99,6 +100,7 @@ class ModelRegistry:
     def set_default(self, engine: SpeechEngine, scheduler: Scheduler) -> None:
         self.default.engine, self.default.scheduler = engine, scheduler
         self.default.id = engine.resolved.name
+        self.default.languages = engine.supported_languages
         self.default.loads = 1
         self.default.load_seconds = getattr(engine, "load_seconds", None)
         try:
@@ -157,6 +159,7 @@ class ModelRegistry:
                 scheduler = build_scheduler(engine, self.settings, self.metrics)
                 await warm_up(scheduler)
                 model.engine, model.scheduler, model.memory_mb, model.freed_mb = engine, scheduler, need, None
+                model.languages = engine.supported_languages
                 model.load_seconds = time.perf_counter() - started
                 model.loads += 1
                 model.last_used = self.clock()

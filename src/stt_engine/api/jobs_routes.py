@@ -89,8 +89,8 @@ async def create_job(
     words = audio.words()
     webhook = await validate_webhook_url(webhook_url, service.webhooks.policy)
     model = services.models.lookup(audio.model)  # an unknown id: 404 model_not_found, before anything is stored
-    # the job loads its model when it runs: until then the language is checked against the default's languages
-    languages = services.model_languages(model.id if model.scheduler is not None else None)
+    # the job loads its model when it runs; one never loaded yet is checked against the default's languages
+    languages = model.languages or services.model_languages()
     options = build_options(
         settings, languages, language=audio.language, prompt=audio.prompt,
         temperature=audio.temperature, word_timestamps=words, hotwords=audio.hotwords,
