@@ -22,8 +22,9 @@ import pytest
 from openai import OpenAI
 from websockets.sync.client import connect
 
+from tests.jobs_support import submit, wait_status
 from tests.realtime_support import pcm16, silence, stream_sdk, vad_session
-from tests.support import SHARED_AUDIO, clip, error_rate, running_server, tiny_en_model
+from tests.support import SHARED_AUDIO, clip, error_rate, post_audio, running_server, tiny_en_model
 
 TTL_S = 3.0
 KOREAN = "ko/picovoice_test_ko.wav"
@@ -84,6 +85,47 @@ def test_unknown_model_is_404_model_not_found(two_models: str) -> None:
     assert info.value.body["code"] == "model_not_found" and info.value.body["param"] == "model"
     with pytest.raises(openai.NotFoundError):
         _sdk(two_models).models.retrieve("no-such-model")
+
+
+@pytest.mark.model
+def test_the_original_route_takes_a_model_and_says_which_decoded(two_models: str) -> None:
+    """`POST /transcribe` with `model`: the same ids as the OpenAI routes, the contract's fields kept, `model` added;
+    an unknown id is a 404 in the original contract's error shape."""
+    english = clip(ENGLISH)
+    body = post_audio(two_models, "/transcribe", english.path, model="tiny-en").json()
+    assert body["success"] is True and body["model"] == "tiny-en", body
+    assert body["language"] == "en" and error_rate(body["text"], english) <= 0.15, body["text"]
+    korean = post_audio(two_models, "/transcribe", clip(KOREAN).path, model="tiny-en").json()
+    assert not any("\uac00" <= ch <= "\ud7a3" for ch in korean["text"]), korean  # tiny.en's: it writes no Korean
+    unknown = post_audio(two_models, "/transcribe", english.path, model="no-such-model")
+    assert unknown.status_code == 404, unknown.text
+    assert unknown.json()["success"] is False and unknown.json()["error"]["code"] == "model_not_found"
+
+
+@pytest.mark.model
+def test_a_job_decodes_with_the_model_it_names_and_records_it(two_models: str) -> None:
+    english = clip(ENGLISH)
+    submitted = submit(two_models, english.path, model="tiny-en", response_format="verbose_json")
+    assert submitted.status_code == 202 and submitted.json()["model"] == "tiny-en", submitted.text
+    job = wait_status(two_models, submitted.json()["id"], {"completed", "failed", "cancelled"})
+    assert job["status"] == "completed" and job["model"] == "tiny-en", job
+    assert error_rate(job["result"]["text"], english) <= 0.15, job["result"]["text"]
+    korean = submit(two_models, clip(KOREAN).path, model="tiny-en")  # tiny.en's answer, not the default's
+    job = wait_status(two_models, korean.json()["id"], {"completed", "failed", "cancelled"})
+    assert job["status"] == "completed" and not any("\uac00" <= ch <= "\ud7a3" for ch in job["result"]["text"]), job
+
+
+@pytest.mark.model
+def test_health_lists_the_served_models(two_models: str) -> None:
+    post_audio(two_models, "/transcribe", clip(ENGLISH).path, model="tiny-en")
+    body = httpx.get(two_models + "/health", timeout=30).json()
+    assert body["status"] == "ok" and body["model"] == "whisper-base (bundled)"  # the fields it always had
+    models = {m["id"]: m for m in body["models"]}
+    assert set(models) == {"whisper-base (bundled)", "tiny-en"}, body["models"]
+    base, tiny = models["whisper-base (bundled)"], models["tiny-en"]
+    assert base["default"] is True and base["loaded"] is True and base["memory_mb"] > 0
+    assert tiny["default"] is False and tiny["loads"] >= 1 and tiny["memory_mb"] > 0
+    assert tiny["idle_seconds"] is not None and tiny["idle_seconds"] >= 0, tiny
 
 
 @pytest.mark.model

@@ -8,6 +8,7 @@ into the original contract's shape (`{"success": false, "error": {...}}`) or Ope
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 from stt_engine.logging_setup import escape_control
 
@@ -120,11 +121,16 @@ class NotFound(STTError):
 
 
 class ModelMemoryExceeded(STTError):
-    """Loading the model a request names would pass MODEL_MEMORY_MB: refused rather than risk an OOM kill."""
+    """Loading the model a request names would pass MODEL_MEMORY_MB: refused rather than risk an OOM kill.
+    `retryable`: it would fit once busy models go idle (a job waits for that); False when it never can."""
 
     status = 503
     code = "model_memory_exceeded"
     error_type = "server_error"
+
+    def __init__(self, message: str, *, retryable: bool = True, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retryable = retryable
 
 
 class ShuttingDown(STTError):

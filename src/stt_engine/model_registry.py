@@ -9,7 +9,7 @@ idle. MODEL_MEMORY_MB bounds what
 all loaded models may take: a load that would pass it first unloads idle extra models, least recently used
 first, and is refused with 503 `model_memory_exceeded` when that is not enough (policy: `models/serving.py`).
 
-It lives below the API (routes call `scheduler_for`), so the job worker could serve several models too.
+It lives below the API (routes call `scheduler_for`), so the job worker serves several models too (jobs/worker.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,15 @@ from stt_engine.memory import release_memory, rss_bytes
 from stt_engine.metrics import Metrics
 from stt_engine.models import ResolvedModel
 from stt_engine.models.resolve import find_named_model, verify
-from stt_engine.models.serving import OPENAI_ALIASES, Loaded, estimate_mb, expired, parse_entries, plan_load
+from stt_engine.models.serving import (
+    OPENAI_ALIASES,
+    Loaded,
+    estimate_mb,
+    ever_fits,
+    expired,
+    parse_entries,
+    plan_load,
+)
 from stt_engine.runtime import build_scheduler, load_engine, warm_up
 from stt_engine.scheduler import Scheduler
 from stt_engine.scheduler.slots import CoreGate
@@ -51,6 +59,7 @@ class ServedModel:
     loads: int = 0
     load_seconds: float | None = None
     freed_mb: float | None = None  # resident memory the last unload gave back (None until that unload is done)
+    languages: frozenset[str] | None = None  # what it can write, known once it has loaded (kept after an unload)
     loading: asyncio.Future[Scheduler] | None = None
 
     @property
@@ -98,6 +107,7 @@ class ModelRegistry:
     def set_default(self, engine: SpeechEngine, scheduler: Scheduler) -> None:
         self.default.engine, self.default.scheduler = engine, scheduler
         self.default.id = engine.resolved.name
+        self.default.languages = engine.supported_languages
         self.default.loads = 1
         self.default.load_seconds = getattr(engine, "load_seconds", None)
         try:
@@ -156,6 +166,7 @@ class ModelRegistry:
                 scheduler = build_scheduler(engine, self.settings, self.metrics, self.gate)
                 await warm_up(scheduler)
                 model.engine, model.scheduler, model.memory_mb, model.freed_mb = engine, scheduler, need, None
+                model.languages = engine.supported_languages
                 model.load_seconds = time.perf_counter() - started
                 model.loads += 1
                 model.last_used = self.clock()
@@ -174,11 +185,17 @@ class ModelRegistry:
         loaded = [self._as_loaded(m) for m in self.models() if m.scheduler is not None]
         evict = plan_load(need, self.settings.model_memory_mb, loaded)
         if evict is None:
-            used = sum(m.memory_mb for m in loaded)
+            used, budget = sum(m.memory_mb for m in loaded), self.settings.model_memory_mb
+            if not ever_fits(need, budget, loaded):
+                raise ModelMemoryExceeded(
+                    f"Loading the model {quote(model.id)} needs about {need} MB; with the default model's "
+                    f"{self.default.memory_mb} MB it can never fit in MODEL_MEMORY_MB={budget}. Raise the budget, "
+                    "or use another model.", retryable=False,
+                )
             raise ModelMemoryExceeded(
                 f"Loading the model {quote(model.id)} needs about {need} MB; {used} MB of MODEL_MEMORY_MB="
-                f"{self.settings.model_memory_mb} are held by models in use. Retry when they are idle, or use "
-                "another model.", headers={"Retry-After": "30"},
+                f"{budget} are held by models in use. Retry when they are idle, or use another model.",
+                headers={"Retry-After": "30"},
             )
         for model_id in evict:
             await self._unload(self.extra[model_id], "to make room")
@@ -244,17 +261,27 @@ class ModelRegistry:
 
     def describe(self, created: int) -> list[dict[str, Any]]:
         """OpenAI's model objects, with whether each is loaded now (extra fields the SDK keeps)."""
-        out = []
-        for model in self.models():
-            if model.default and model.engine is None:
-                continue
-            out.append({
-                "id": model.id, "object": "model", "created": created, "owned_by": "stt-engine",
-                "default": model.default, "loaded": model.scheduler is not None, "loads": model.loads,
-                "memory_mb": model.memory_mb or None, "load_seconds": _round(model.load_seconds),
-                "freed_mb": model.freed_mb,
-            })
-        return out
+        return [
+            {"id": model.id, "object": "model", "created": created, "owned_by": "stt-engine", **_state(model)}
+            for model in self.models() if not (model.default and model.engine is None)
+        ]
+
+    def health(self) -> list[dict[str, Any]]:
+        """What `/health` shows of each served model: `/v1/models`' fields, and how long it has been idle
+        (`idle_seconds`: None before its first request; 0 while it works), against MODEL_TTL_S."""
+        now = self.clock()
+        return [
+            {"id": model.id, **_state(model),
+             "idle_seconds": None if not model.last_used else 0.0 if model.busy else round(now - model.last_used, 1)}
+            for model in self.models() if not (model.default and model.engine is None)
+        ]
+
+
+def _state(model: ServedModel) -> dict[str, Any]:
+    return {
+        "default": model.default, "loaded": model.scheduler is not None, "loads": model.loads,
+        "memory_mb": model.memory_mb or None, "load_seconds": _round(model.load_seconds), "freed_mb": model.freed_mb,
+    }
 
 
 def _round(value: float | None) -> float | None:

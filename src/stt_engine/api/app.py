@@ -58,17 +58,17 @@ def create_app(
         reaper = asyncio.ensure_future(services.models.run_reaper())
         services.jobs = await start_jobs(
             settings, get_scheduler=lambda: services.scheduler, get_postprocessor=lambda: services.postprocessor,
-            metrics=services.metrics,
+            metrics=services.metrics, models=services.models,
         )
         try:
             yield
         finally:
             loader.cancel()
             reaper.cancel()
-            await services.models.close(settings.shutdown_grace_s)
             jobs, services.jobs = services.jobs, None  # routes answer 503 from here on
             if jobs is not None:
-                await jobs.stop()  # running jobs go back to the queue before the scheduler stops
+                await jobs.stop()  # running jobs go back to the queue before the schedulers stop
+            await services.models.close(settings.shutdown_grace_s)
             if services.scheduler is not None:
                 await run_in_threadpool(services.scheduler.close, settings.shutdown_grace_s)
             await services.postprocessor.aclose()

@@ -88,8 +88,11 @@ async def create_job(
     fmt = audio.format()
     words = audio.words()
     webhook = await validate_webhook_url(webhook_url, service.webhooks.policy)
+    model = services.models.lookup(audio.model)  # an unknown id: 404 model_not_found, before anything is stored
+    # the job loads its model when it runs; one never loaded yet is checked against the default's languages
+    languages = model.languages or services.model_languages()
     options = build_options(
-        settings, services.model_languages(), language=audio.language, prompt=audio.prompt,
+        settings, languages, language=audio.language, prompt=audio.prompt,
         temperature=audio.temperature, word_timestamps=words, hotwords=audio.hotwords,
         vocabulary=services.vocabulary(),
     )
@@ -131,7 +134,7 @@ async def create_job(
             idempotency_key=key, request_fingerprint=fingerprint, redact="pii" if text.redact else "none",
             normalize="numbers" if text.normalize_numbers else "none", channels="split" if split else "mix",
             known_speaker_names=speakers.names(),
-            diarize=speakers_mod.request_to_dict(diarization),
+            diarize=speakers_mod.request_to_dict(diarization), model=None if model.default else model.id,
         )
         stored, created = await service.submit(job)
     except BaseException:

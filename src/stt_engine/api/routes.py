@@ -94,6 +94,7 @@ async def health(request: Request, services: ServicesDep) -> JSONResponse:
         if stats.workers_alive < scheduler.workers_expected:
             body["status"] = "degraded"  # a model worker thread died: fewer windows decode at once
     body["memory"] = services.memory.snapshot()  # resident size now, and what trims gave back (memory.py)
+    body["models"] = services.models.health()  # every served model: loaded, default, memory, idle, loads
     postprocessor = services.postprocessor
     if postprocessor is not None and postprocessor.enabled:
         body["llm"] = await postprocessor.health_snapshot()
@@ -130,11 +131,15 @@ async def transcribe(
     task: Annotated[str, Form(pattern="^(transcribe|translate)$")] = "transcribe",
     word_timestamps: Annotated[bool, Form()] = False,
     stream: Annotated[bool, Form(description="Server-Sent Events: text deltas as segments become final")] = False,
+    model: ModelField = None,
 ) -> Response:
     settings = services.settings
     split = speakers.split(settings)
+    await services.models.scheduler_for(model)  # 404 model_not_found for an unknown id; loads it if needed
+    request.state.model = model
+    decoded_by = {"model": services.models.lookup(model).id}  # the response says which model decoded it
     options = build_options(
-        settings, services.model_languages(), language=language, task=task, prompt=prompt, hotwords=hotwords,
+        settings, services.model_languages(model), language=language, task=task, prompt=prompt, hotwords=hotwords,
         word_timestamps=word_timestamps, vocabulary=services.vocabulary(),
     )
     text = text_form.options(settings)
@@ -142,14 +147,14 @@ async def transcribe(
     if stream:
         _no_postprocess_when_streaming(llm.postprocess)
         return await stream_upload(
-            request, services, file, options, final=lambda t: {"success": True, **original_body(t)}, text=text,
-            split_channels=split, speaker_names=speakers.names(), diarization=diarization,
+            request, services, file, options, final=lambda t: {"success": True, **original_body(t), **decoded_by},
+            text=text, split_channels=split, speaker_names=speakers.names(), diarization=diarization,
         )
     result = await transcribe_upload(
         request, services, file, options, postprocess=llm.postprocess, postprocess_prompt=llm.postprocess_prompt,
         text=text, split_channels=split, speaker_names=speakers.names(), diarization=diarization,
     )
-    body: dict[str, Any] = {"success": True, **original_body(result.transcript)}
+    body: dict[str, Any] = {"success": True, **original_body(result.transcript), **decoded_by}
     body["processing_time"] = round(result.processing_seconds, 3)
     if result.postprocess is not None:
         body["postprocess"] = result.postprocess

@@ -83,6 +83,7 @@ class TranscribeResponse(_Strict):
                                        "order of first appearance.")
     redactions: dict[str, int] | None = _REDACTIONS
     original_text: str | None = _ORIGINAL
+    model: str | None = Field(None, description="The id of the model that decoded it (GET /v1/models).")
 
 
 # --- OpenAI: POST /v1/audio/transcriptions and /v1/audio/translations --------------------------------------

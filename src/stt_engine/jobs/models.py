@@ -79,6 +79,7 @@ class Job:
     channels: str | None = None  # split | mix
     known_speaker_names: list[str] | None = None
     diarize: dict[str, Any] | None = None  # speakers.request_to_dict: who spoke, on mono audio
+    model: str | None = None  # the id of the WHISPER_MODELS model it decodes with; None: the default (older records)
     webhook_url: str | None = None
     webhook_secret: str | None = None
     idempotency_key: str | None = None
@@ -128,6 +129,7 @@ class Job:
             "channels": self.channels or "mix",
             "known_speaker_names": self.known_speaker_names,
             "diarize": self.diarize is not None,
+            "model": self.model or "default",  # "default" means the server's default model, as in a request
             "attempts": self.attempts,
             "error": self.error,
             "webhook": {"url": self.webhook_url, "status": self.webhook_status, "attempts": self.webhook_attempts}

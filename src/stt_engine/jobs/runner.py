@@ -16,7 +16,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_incrementing
@@ -26,7 +26,7 @@ from stt_engine import decoder
 from stt_engine import speakers as speakers_mod
 from stt_engine.audio import DecodedAudio
 from stt_engine.config import Settings
-from stt_engine.errors import Overloaded, STTError
+from stt_engine.errors import ModelMemoryExceeded, Overloaded, STTError
 from stt_engine.jobs.models import Job, JobStatus, transcript_to_dict
 from stt_engine.jobs.store import JobStore, JobsUnavailable
 from stt_engine.jobs.webhooks import WebhookSender
@@ -34,9 +34,13 @@ from stt_engine.scheduler import Priority, Scheduler
 from stt_engine.textproc import finish_transcript, text_options
 from stt_engine.textproc.vocabulary import load_vocabulary
 
+if TYPE_CHECKING:
+    from stt_engine.model_registry import ModelRegistry
+
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 1.0
+MODEL_WAIT_S = 5.0  # a job whose model does not fit the memory budget now tries to load it again this often
 NODE = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -51,11 +55,16 @@ class JobExecutor:
     get_postprocessor: Callable[[], Any]
     webhooks: WebhookSender
     requeue_hook: Callable[[str], Awaitable[None]] | None = None  # the queue's, when there is one (Dramatiq)
+    models: ModelRegistry | None = None  # the node's served models: a job naming an extra one decodes with it
     running: dict[str, asyncio.Task[Any]] = field(default_factory=dict, init=False)
     stopping: bool = field(default=False, init=False)
     metrics: Any | None = field(default=None, init=False)  # the server's Metrics, when it has them (dropped segments)
 
-    async def _scheduler(self) -> Scheduler:
+    async def _scheduler(self, model: str | None) -> Scheduler:
+        """The scheduler of the job's model: an extra model's through the registry (loaded now if it is not; a
+        model this node does not serve is a `model_not_found` failure), else the default model's, once loaded."""
+        if model and self.models is not None and not self.models.lookup(model).default:
+            return await self.models.scheduler_for(model)
         while (scheduler := self.get_scheduler()) is None:  # the model is still loading
             await asyncio.sleep(0.5)
         return scheduler
@@ -158,7 +167,6 @@ class JobExecutor:
         """The transcript, or None when the job was cancelled (or taken over) meanwhile. With channels=split, each
         channel goes through the scheduler at job priority and the results are merged with speakers, as the routes
         do it (`channels.transcribe_split`)."""
-        scheduler = await self._scheduler()
         options = job.transcribe_options
         done_seconds = [0.0]
 
@@ -166,18 +174,26 @@ class JobExecutor:
             if segments:  # with channels split, the furthest any channel has got
                 done_seconds[0] = max(done_seconds[0], float(segments[-1].end))
 
-        def transcribe(audio: DecodedAudio) -> Awaitable[Any]:
-            # behind live and interactive work; bounded by JOBS_CONCURRENCY and the job store, not by the
-            # interactive queue's limits or its request timeout (a job may take as long as it takes)
-            return scheduler.transcribe(
+        async def transcribe(audio: DecodedAudio) -> Any:
+            # The scheduler is looked up for each call and used at once (nothing awaited in between once it is
+            # loaded), so an extra model cannot be unloaded between the two. Behind live and interactive work;
+            # bounded by JOBS_CONCURRENCY and the job store, not by the interactive queue's limits or its request
+            # timeout (a job may take as long as it takes).
+            scheduler = await self._scheduler(job.model)
+            return await scheduler.transcribe(
                 audio, options, priority=Priority.JOB, on_segments=on_segments, timed=False, bounded=False
             )
 
+        async def attempt(wait_s: float) -> Any:
+            await asyncio.sleep(wait_s)  # watched like the work: a DELETE still stops the job within a second
+            if job.channels == "split":
+                return await channels_mod.transcribe_split(
+                    decoded, tracks, options, job.known_speaker_names, transcribe)
+            return await transcribe(decoded)
+
+        wait_s = 0.0
         while True:
-            work = asyncio.ensure_future(
-                channels_mod.transcribe_split(decoded, tracks, options, job.known_speaker_names, transcribe)
-                if job.channels == "split" else transcribe(decoded)
-            )
+            work = asyncio.ensure_future(attempt(wait_s))
             reported = 0.0
             try:
                 while not work.done():
@@ -195,7 +211,13 @@ class JobExecutor:
                         continue  # the store is down for a while: keep working, look again next second
                 return work.result()
             except Overloaded:
-                await asyncio.sleep(2.0)  # the node is full of interactive work: wait our turn
+                wait_s = 2.0  # the node is full of interactive work: wait our turn
+            except ModelMemoryExceeded as exc:
+                if not exc.retryable:  # the model never fits MODEL_MEMORY_MB: the job fails with that message
+                    raise
+                if not wait_s:
+                    log.info("job %s waits for memory to load its model: %s", job.id, exc.message)
+                wait_s = MODEL_WAIT_S  # the models holding the budget are busy: load once they go idle
             finally:
                 if not work.done():
                     work.cancel()

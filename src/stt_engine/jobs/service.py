@@ -38,7 +38,10 @@ class JobService:
         get_postprocessor: Callable[[], Any],
         run_jobs: bool,
         registry: Any = None,
+        models: Any = None,
     ) -> None:
+        """`registry`: the Prometheus registry for the jobs gauges; `models`: the node's `ModelRegistry`, through
+        which a job that names an extra model decodes with it (without one, every job uses `get_scheduler`'s)."""
         self.settings = settings
         self.store: JobStore = open_store(settings)
         self.storage: Path = storage_dir(settings)
@@ -57,7 +60,7 @@ class JobService:
         )
         self.executor = JobExecutor(
             self.store, settings, self.storage, get_scheduler, get_postprocessor, self.webhooks,
-            requeue_hook=self.queue.enqueue if self.queue is not None else None,
+            requeue_hook=self.queue.enqueue if self.queue is not None else None, models=models,
         )
         self.runner = None if self.distributed or not run_jobs else EmbeddedRunner(
             self.store, self.executor, settings.jobs_concurrency
@@ -197,6 +200,7 @@ class _JobGauges:
 
 async def start_jobs(
     settings: Settings, *, get_scheduler: Callable[[], Any], get_postprocessor: Callable[[], Any], metrics: Any,
+    models: Any = None,
 ) -> JobService:
     """The server's jobs subsystem (its lifespan calls this): runs jobs unless Redis mode says API-only. The
     scheduler and post-processor are looked up when a job runs (the model may still be loading at start)."""
@@ -206,6 +210,7 @@ async def start_jobs(
         get_postprocessor=get_postprocessor,
         run_jobs=not is_redis(settings) or settings.jobs_local_worker,
         registry=metrics.registry,
+        models=models,
     )
     service.executor.metrics = metrics
     await service.start()

@@ -36,24 +36,36 @@ async def _main(settings: Settings) -> int:
     from starlette.concurrency import run_in_threadpool
 
     from stt_engine.jobs.service import JobService
+    from stt_engine.model_registry import ModelRegistry
     from stt_engine.postprocess.service import PostProcessor
     from stt_engine.runtime import build_scheduler, load_engine, warm_up
 
+    try:  # the same WHISPER_MODELS as the API nodes: a job names one by id (its scheduler is this node's own)
+        models = ModelRegistry(settings)
+    except ValueError as exc:
+        raise STTError(str(exc)) from None
     engine = await run_in_threadpool(load_engine, settings, None)
-    scheduler = build_scheduler(engine, settings)
+    scheduler = build_scheduler(engine, settings, gate=models.gate)
+    models.set_default(engine, scheduler)
     await warm_up(scheduler)
+    if settings.models_preload:
+        await models.preload()
+    reaper = asyncio.ensure_future(models.run_reaper())  # MODEL_TTL_S unloads idle extra models here too
     postprocessor = PostProcessor.from_settings(settings)
     service = JobService(settings, get_scheduler=lambda: scheduler, get_postprocessor=lambda: postprocessor,
-                         run_jobs=True)
+                         run_jobs=True, models=models)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await service.start(upkeep=False)
-    log.info("worker ready: %s on %s, %d jobs at once", engine.resolved.name, engine.device, settings.jobs_concurrency)
+    log.info("worker ready: %s on %s, %d jobs at once; extra models: %s", engine.resolved.name, engine.device,
+             settings.jobs_concurrency, ", ".join(models.extra) or "none")
     await stop.wait()
     log.info("worker stopping: running jobs go back to the queue")
     await service.stop()
+    reaper.cancel()
+    await models.close(0)
     await postprocessor.aclose()
     await run_in_threadpool(scheduler.close, 0)
     return 0

@@ -96,3 +96,9 @@ def plan_load(need_mb: int, budget_mb: int, loaded: Sequence[Loaded]) -> list[st
         evict.append(model.id)
         used -= model.memory_mb
     return evict if used + need_mb <= budget_mb else None
+
+
+def ever_fits(need_mb: int, budget_mb: int, loaded: Sequence[Loaded]) -> bool:
+    """Whether a model needing `need_mb` could load once every other extra model is idle: False when the default
+    model alone leaves too little of the budget, so waiting (a job) would never help."""
+    return budget_mb <= 0 or need_mb + sum(m.memory_mb for m in loaded if m.pinned) <= budget_mb
