@@ -1,5 +1,6 @@
-"""`stt-engine bench --quick` end to end: the 2 shortest English clips, 1 round, a real model (Whisper tiny.en, about five
-times cheaper to run than base) on every side. A smoke test of the benchmark's plumbing (raw library, the ceiling's
+"""`stt-engine bench --quick` end to end: the shortest English clip twice (2 rounds, so two clients
+and both ceiling processes really run at once), a real model (Whisper tiny.en, about five times cheaper to run than
+base) on every side. A smoke test of the benchmark's plumbing (raw library, the ceiling's
 one-thread library processes and the server, language given and detected, error rates, the target ratios, JSON and
 chart), each step once; the figures themselves come from a full run, never from the test suite. How a reduced run
 picks clips of several languages is checked below without a model."""
@@ -25,13 +26,13 @@ def _bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]
 @pytest.mark.model
 def test_bench_quick(tmp_path: Path) -> None:
     model = tiny_en_model()
-    proc = _bench("--quick", "--languages", "en", "--server-env", f"WHISPER_MODEL={model}",
+    proc = _bench("--quick", "--languages", "en", "--clips", "1", "--rounds", "2", "--server-env", f"WHISPER_MODEL={model}",
                   "--audio-dir", str(SHARED_AUDIO), "--output-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "latest.json").read_text(encoding="utf-8"))
     assert (tmp_path / "latest.png").stat().st_size > 10_000
-    assert result["quick"] and result["rounds"] == 1 and len(result["clips"]) == 2
-    assert all(c.startswith("en/") for c in result["clips"]) and result["server"]["env"]["WHISPER_MODEL"] == str(model)
+    assert result["quick"] and result["rounds"] == 2 and len(result["clips"]) == 1
+    assert result["clips"][0].startswith("en/") and result["server"]["env"]["WHISPER_MODEL"] == str(model)
     # like with like: the library runs on the server's device and compute type
     assert (result["raw"]["device"], result["raw"]["compute_type"]) == (result["server"]["device"],
                                                                          result["server"]["compute_type"])
