@@ -1,6 +1,6 @@
 """A stream is decoded with the file's plan (issue 21 section 3): the scheduler policy that sends a stream's first
 window first, on a stand-in engine. That the streamed text is the file's, word for word, on every long clip, is
-checked on the real model in test_fidelity.py, which reuses the file transcripts it makes there anyway."""
+checked on the real model in test_accuracy.py, which reuses the file transcripts it makes there anyway."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from stt_engine.config import Settings
 from stt_engine.textproc import finish_transcript, text_options
 from stt_engine.textproc.streaming import TextStream
 from stt_engine.types import Segment, Transcript, join_segments
-from tests.support import SHARED_AUDIO, clip, error_rate, post_audio, running_server
+from tests.support import SHARED_AUDIO, clip, error_rate, running_server
 
 LONG_EN = "en/en_longform_librispeech_librivox_concat.wav"
 
@@ -28,10 +28,6 @@ def test_sdk_stream_gives_early_deltas_that_add_up(server: str) -> None:
     if not (SHARED_AUDIO / LONG_EN).is_file():
         pytest.skip(f"{LONG_EN} is only in ../shared/audio")
     c = clip(LONG_EN)
-    started = time.perf_counter()
-    whole = post_audio(server, "/v1/audio/transcriptions", c.path, language="en").json()["text"]
-    whole_seconds = time.perf_counter() - started
-
     started = time.perf_counter()
     first_delta: float | None = None
     done_at: float | None = None
@@ -48,10 +44,11 @@ def test_sdk_stream_gives_early_deltas_that_add_up(server: str) -> None:
             elif event.type == "transcript.text.done":
                 done, done_at = event.text, time.perf_counter() - started
     assert done is not None and len(deltas) >= 3, deltas
-    assert "".join(deltas) == done == whole
+    # that the streamed text is the file's, word for word, test_accuracy.py checks on every long clip
+    assert "".join(deltas) == done
     assert error_rate(done, c) < 0.1
     # how early is a benchmark's question (timings fail under load); here only that text came before the end
-    print(f"first delta after {first_delta:.2f} s; done after {done_at:.2f} s; whole file {whole_seconds:.2f} s")
+    print(f"first delta after {first_delta:.2f} s; done after {done_at:.2f} s")
     assert first_delta is not None and done_at is not None and first_delta < done_at
 
 

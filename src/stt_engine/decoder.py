@@ -32,14 +32,16 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from stt_engine import errors as errors_mod
 from stt_engine.audio import SAMPLE_RATE, DecodedAudio
-from stt_engine.config import Settings
 from stt_engine.errors import InvalidAudio, InvalidRequest, STTError
+
+if TYPE_CHECKING:  # a decoder child never reads settings: importing pydantic-settings cost each child 0.25 s
+    from stt_engine.config import Settings
 
 log = logging.getLogger(__name__)
 

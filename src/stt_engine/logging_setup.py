@@ -9,9 +9,10 @@ import logging.handlers
 import re
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stt_engine.config import Settings
+if TYPE_CHECKING:  # errors imports this module, and every decoder child imports errors: pydantic stays out of them
+    from stt_engine.config import Settings
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
