@@ -23,7 +23,16 @@ import pytest
 
 from tests.fake_engine import FAKE_TEXT
 from tests.llm_fixtures import VLLMStandIn
-from tests.support import REPO, Engine, clip, error_rate, free_port, serve_command, wait_ready
+from tests.support import (
+    REPO,
+    TEST_REQUEST_TIMEOUT_BASE_S,
+    Engine,
+    clip,
+    error_rate,
+    free_port,
+    serve_command,
+    wait_ready,
+)
 
 LONG = "en/en_longform_librispeech_librivox_concat.wav"  # 77.7 s: several seconds of decoding on CPU
 MEDIUM = "en/picovoice_diarization_test_3spk.wav"  # 19.8 s: still decoding when the listener closes, on CPU
@@ -42,7 +51,7 @@ def server_process(
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """`stt-engine serve` as a child we signal ourselves (tests.support.running_server hides the process)."""
     port = free_port()
-    full_env = {**os.environ, "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "LOG_DIR": str(log_dir), **env}
+    full_env = {"REQUEST_TIMEOUT_BASE_S": TEST_REQUEST_TIMEOUT_BASE_S, **os.environ, "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "LOG_DIR": str(log_dir), **env}
     out = (log_dir / "server.out").open("wb")
     proc = subprocess.Popen(serve_command(engine), env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO))
     base = f"http://127.0.0.1:{port}"
