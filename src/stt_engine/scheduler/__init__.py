@@ -390,15 +390,11 @@ class Scheduler:
         """Wait for ready work (or, `wait` false, take none if another worker took it), then take this worker's
         fair share of it as one batch, whether it may run on every core (it is all there is to do), and whether
         it is a long request's. None: stop."""
-        while True:
-            if self._stopping and not self._tickets:
-                return None
-            candidates, turns, streams = self._ready()
-            if candidates:
-                break
-            if not wait:
-                return [], False, False
-            self._cond.wait(timeout=0.5)
+        if (wait and not self._await_work()) or (self._stopping and not self._tickets):
+            return None
+        candidates, turns, streams = self._ready()
+        if not candidates:
+            return [], False, False
         if len(candidates) < self.batch_size and self.batch_wait > 0 and self.batch_size > 1:
             self._cond.wait(timeout=self.batch_wait)  # let concurrent requests join this batch
             candidates, turns, streams = self._ready()
