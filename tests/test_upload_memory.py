@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -70,6 +72,18 @@ def _timed_post(base: str, path: Path) -> tuple[httpx.Response, float]:
     return response, time.monotonic() - started
 
 
+def _queue(base: str) -> dict[str, float]:
+    return httpx.get(base + "/health", timeout=60).json()["queue"]
+
+
+def _wait_for(base: str, what: str, done: Callable[[dict[str, float]], bool]) -> dict[str, float]:
+    deadline = time.monotonic() + 300
+    while not done(queue := _queue(base)):
+        assert time.monotonic() < deadline, f"no {what} within 300 s: {queue}"
+        time.sleep(0.02)
+    return queue
+
+
 @pytest.mark.parametrize("name", ["flac", "mp3", "opus", "piped.flac"])
 def test_four_hour_bomb_is_refused_at_once(limits_server: ServerURL, bombs: dict[str, Path], name: str) -> None:
     before = rss_mb(limits_server.pid)
@@ -104,7 +118,7 @@ def test_long_file_holds_the_queue_and_memory_comes_back(limits_server: ServerUR
     first: dict[str, object] = {}
     worker = threading.Thread(target=lambda: first.update(result=_timed_post(limits_server, bombs["hour.flac"])))
     worker.start()
-    time.sleep(1.0)  # the first upload has been stored and has taken its room in the queue
+    _wait_for(limits_server, "room taken by the first hour", lambda q: bool(q["uploads_pending"] or q["requests"]))
     second, elapsed = _timed_post(limits_server, bombs["hour.flac"])
     worker.join(timeout=300)
     peak = rss_mb(limits_server.pid, "VmHWM")
@@ -147,12 +161,23 @@ def test_burst_of_uploads_is_refused_from_headers(limits_server: ServerURL, bomb
 
 def test_decoding_stops_when_the_client_leaves(limits_server: ServerURL, bombs: dict[str, Path]) -> None:
     """A client that gives up during decoding costs no more decoding: the request ends (499) before the audio ever
-    reaches the queue, where a finished decode would have been dropped instead."""
+    reaches the queue, where a finished decode would have been dropped instead.
+
+    The client leaves once /health shows its upload pending (header read, decoding), whatever the load: a client
+    timeout would leave at a moment the load decides."""
+    _wait_for(limits_server, "idle server", lambda q: not q["requests"] and not q["uploads_pending"])
     log_start = limits_server.log_path.stat().st_size
-    with pytest.raises(httpx.ReadTimeout), bombs["hour.flac"].open("rb") as handle:
-        httpx.post(limits_server + "/v1/audio/transcriptions", files={"file": handle},
-                   timeout=httpx.Timeout(60, read=0.7))
-    deadline = time.monotonic() + 30
+    path = bombs["hour.flac"]
+    request = httpx.Request("POST", limits_server + "/v1/audio/transcriptions",
+                            files={"file": (path.name, path.read_bytes())})
+    head = "".join(f"{name}: {value}\r\n" for name, value in request.headers.items())
+    url = httpx.URL(limits_server)
+    with socket.create_connection((url.host, url.port)) as client:
+        client.sendall(f"POST {url.path.rstrip('/')}/v1/audio/transcriptions HTTP/1.1\r\n{head}\r\n".encode()
+                       + request.read())
+        _wait_for(limits_server, "upload being decoded", lambda q: q["uploads_pending"] == 1)
+    after = _wait_for(limits_server, "end of the abandoned upload", lambda q: not q["uploads_pending"])
+    deadline = time.monotonic() + 60
     while True:
         with limits_server.log_path.open("rb") as log:
             log.seek(log_start)
@@ -162,3 +187,4 @@ def test_decoding_stops_when_the_client_leaves(limits_server: ServerURL, bombs: 
         time.sleep(0.2)
     assert "POST /v1/audio/transcriptions 499" in lines, lines[-2000:]
     assert "transcription was dropped" not in lines, "decoding ran to the end and the queued work was dropped"
+    assert not after["requests"], f"the abandoned upload reached the queue: {after}"

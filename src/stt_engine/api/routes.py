@@ -80,6 +80,7 @@ async def health(request: Request, services: ServicesDep) -> JSONResponse:
         body["queue"] = {
             "requests": scheduler.queued_requests,
             "audio_seconds": round(scheduler.queued_seconds, 1),
+            "uploads_pending": services.intake.count,  # header read, waiting for or in decoding; not queued yet
             "completed": stats.completed,
             "rejected": stats.rejected,
             "cancelled": stats.cancelled,
