@@ -11,10 +11,11 @@ import contextlib
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -209,3 +210,36 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 def reset_peak_rss(pid: int) -> None:
     """Start a new peak: VmHWM is reset to the current RSS (Linux >= 4.0)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def queue_stats(base: str, headers: dict[str, str] | None = None) -> dict[str, float]:
+    """/health's `queue` figures (`requests`, `uploads_pending`, `cancelled`, ...)."""
+    return httpx.get(base + "/health", headers=headers, timeout=60).json()["queue"]
+
+
+def wait_queue(base: str, what: str, done: Callable[[dict[str, float]], bool], *, timeout: float = 300,
+               headers: dict[str, str] | None = None) -> dict[str, float]:
+    """Until /health's queue figures satisfy `done`; the timeout is a hang guard, long enough for a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while not done(queue := queue_stats(base, headers)):
+        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s: {queue}"
+        time.sleep(0.02)
+    return queue
+
+
+def queue_idle(queue: dict[str, float]) -> bool:
+    return not queue["requests"] and not queue["uploads_pending"]
+
+
+def upload_then_leave(base: str, route: str, path: Path, leave_when: Callable[[dict[str, float]], bool],
+                      **fields: str) -> None:
+    """Send an upload, then hang up once /health's queue satisfies `leave_when` (its upload decoding, or queued).
+
+    The client leaves at a point the server's state names, not after a client timeout, whose moment a loaded machine
+    would decide (it once got its answer, a refusal, before leaving)."""
+    request = httpx.Request("POST", base + route, files={"file": (path.name, path.read_bytes())}, data=fields)
+    head = "".join(f"{name}: {value}\r\n" for name, value in request.headers.items())
+    url = httpx.URL(base)
+    with socket.create_connection((url.host, url.port)) as client:
+        client.sendall(f"POST {route} HTTP/1.1\r\n{head}\r\n".encode() + request.read())
+        wait_queue(base, "point to leave at", leave_when)

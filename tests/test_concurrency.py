@@ -12,7 +12,18 @@ from typing import TypeVar
 import httpx
 import pytest
 
-from tests.support import SHARED_AUDIO, clip, error_rate, needs_full_audio, post_audio, running_server
+from tests.support import (
+    SHARED_AUDIO,
+    clip,
+    error_rate,
+    needs_full_audio,
+    post_audio,
+    queue_idle,
+    queue_stats,
+    running_server,
+    upload_then_leave,
+    wait_queue,
+)
 
 LONG_KO = SHARED_AUDIO / "ko" / "ett_longform_lmy_concat.wav"
 T = TypeVar("T")
@@ -30,10 +41,6 @@ def batching_server() -> Iterator[str]:
         yield base
 
 
-def _stats(base: str) -> dict:
-    return httpx.get(base + "/health").json()["queue"]
-
-
 def test_concurrent_requests_get_their_own_transcripts(batching_server: str) -> None:
     alone = {f: post_audio(batching_server, "/transcribe", SHARED_AUDIO / f).json()["text"] for f in MIXED[:2]}
     with ThreadPoolExecutor(max_workers=len(MIXED)) as pool:
@@ -44,7 +51,7 @@ def test_concurrent_requests_get_their_own_transcripts(batching_server: str) -> 
         assert error_rate(body["text"], c) <= 0.35, (file, body["text"])
     for file, text in alone.items():
         assert bodies[MIXED.index(file)]["text"] == text, "batching changed the text"
-    assert _stats(batching_server)["largest_batch"] >= 2, "requests were never batched together"
+    assert queue_stats(batching_server)["largest_batch"] >= 2, "requests were never batched together"
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +78,6 @@ async def _while_long_runs(base: str, probe: Callable[[httpx.AsyncClient], Await
             await asyncio.gather(long, return_exceptions=True)
 
 
-def _wait_idle(base: str) -> None:
-    """Until the abandoned request's queued work is gone (the running batch finishes)."""
-    deadline = time.monotonic() + 300
-    while _stats(base)["requests"]:
-        assert time.monotonic() < deadline, _stats(base)
-        time.sleep(0.1)
-
-
 def test_full_queue_answers_429_with_retry_after(tiny_queue_server: str) -> None:
     base = tiny_queue_server
     jfk = clip("en/jfk.flac").path
@@ -93,23 +92,16 @@ def test_full_queue_answers_429_with_retry_after(tiny_queue_server: str) -> None
     assert int(response.headers["Retry-After"]) >= 1
     assert response.json()["error"]["code"] == "queue_full"
     assert legacy.status_code == 429 and legacy.json()["success"] is False
-    _wait_idle(base)
+    wait_queue(base, "idle server", queue_idle)
     after = post_audio(base, "/transcribe", jfk)
     assert after.status_code == 200 and "fellow Americans" in after.json()["text"]
 
 
 def test_disconnected_client_work_is_dropped(server: str) -> None:
-    before = _stats(server)["cancelled"]
-    with pytest.raises(httpx.ReadTimeout):
-        with LONG_KO.open("rb") as handle:
-            httpx.post(server + "/transcribe", files={"file": handle}, data={"language": "ko"}, timeout=3)
-    deadline = time.monotonic() + 20
-    while _stats(server)["cancelled"] == before:
-        assert time.monotonic() < deadline, "the abandoned request was not dropped"
-        time.sleep(0.1)
-    while _stats(server)["requests"]:  # its queued chunks are gone; the running batch finishes
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    before = queue_stats(server)["cancelled"]
+    upload_then_leave(server, "/transcribe", LONG_KO, lambda q: q["requests"] >= 1, language="ko")
+    wait_queue(server, "drop of the abandoned request", lambda q: q["cancelled"] > before)
+    wait_queue(server, "idle server", queue_idle)  # its queued chunks are gone; the running batch finishes
 
 
 def test_health_and_metrics_stay_fast_during_long_transcription(server: str) -> None:
@@ -126,7 +118,7 @@ def test_health_and_metrics_stay_fast_during_long_transcription(server: str) -> 
         return timings, (await client.get("/health")).json()["queue"]["requests"] > 0
 
     timings, probed_while_running = asyncio.run(_while_long_runs(server, probes))
-    _wait_idle(server)  # the session server is left as it was found
+    wait_queue(server, "idle server", queue_idle)  # the session server is left as it was found
     assert probed_while_running, "the transcription ended before the probes did: nothing was tested"
     timings.sort()
     print(f"/health and /metrics during transcription: median {timings[len(timings) // 2] * 1000:.1f} ms, max {timings[-1] * 1000:.1f} ms")
@@ -161,7 +153,7 @@ def test_a_short_request_is_answered_while_long_ones_are_still_decoding(server: 
             return answer, in_flight
 
     answer, in_flight = asyncio.run(scenario())
-    _wait_idle(server)  # the abandoned long ones are dropped: the session server is left as it was found
+    wait_queue(server, "idle server", queue_idle)  # the abandoned long ones are dropped: the session server is left as it was found
     assert answer.status_code == 200, answer.text
     assert error_rate(answer.json()["text"], short) <= 0.1, answer.json()["text"]
     assert in_flight == 2, "the short request should not have waited for the long ones"

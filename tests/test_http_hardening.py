@@ -201,7 +201,7 @@ def test_control_characters_cannot_forge_log_lines(server: str) -> None:
             answer = sock.recv(4096)
             assert answer.startswith(b"HTTP/1.1 404") and b"\x1b" not in answer
 
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # a hang guard
     while f"/{marker}/ok" not in _console_log(server) and time.monotonic() < deadline:
         time.sleep(0.2)
     console = _console_log(server)

@@ -11,18 +11,26 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import SHARED_AUDIO, ServerURL, post_audio, reset_peak_rss, rss_mb, running_server
+from tests.support import (
+    SHARED_AUDIO,
+    ServerURL,
+    post_audio,
+    queue_idle,
+    reset_peak_rss,
+    rss_mb,
+    running_server,
+    upload_then_leave,
+    wait_queue,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -72,18 +80,6 @@ def _timed_post(base: str, path: Path) -> tuple[httpx.Response, float]:
     return response, time.monotonic() - started
 
 
-def _queue(base: str) -> dict[str, float]:
-    return httpx.get(base + "/health", timeout=60).json()["queue"]
-
-
-def _wait_for(base: str, what: str, done: Callable[[dict[str, float]], bool]) -> dict[str, float]:
-    deadline = time.monotonic() + 300
-    while not done(queue := _queue(base)):
-        assert time.monotonic() < deadline, f"no {what} within 300 s: {queue}"
-        time.sleep(0.02)
-    return queue
-
-
 @pytest.mark.parametrize("name", ["flac", "mp3", "opus", "piped.flac"])
 def test_four_hour_bomb_is_refused_at_once(limits_server: ServerURL, bombs: dict[str, Path], name: str) -> None:
     before = rss_mb(limits_server.pid)
@@ -118,7 +114,7 @@ def test_long_file_holds_the_queue_and_memory_comes_back(limits_server: ServerUR
     first: dict[str, object] = {}
     worker = threading.Thread(target=lambda: first.update(result=_timed_post(limits_server, bombs["hour.flac"])))
     worker.start()
-    _wait_for(limits_server, "room taken by the first hour", lambda q: bool(q["uploads_pending"] or q["requests"]))
+    wait_queue(limits_server, "room taken by the first hour", lambda q: not queue_idle(q))
     second, elapsed = _timed_post(limits_server, bombs["hour.flac"])
     worker.join(timeout=300)
     peak = rss_mb(limits_server.pid, "VmHWM")
@@ -129,7 +125,7 @@ def test_long_file_holds_the_queue_and_memory_comes_back(limits_server: ServerUR
     assert response.status_code == 200 and response.json()["text"] == "", response.text
     # the README's bound: about 1.2 GB above idle per audio hour being prepared (samples, VAD's working copies)
     assert peak - idle < 1250, f"peak {peak:.0f} MB, {peak - idle:.0f} MB above idle {idle:.0f} MB"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # memory is handed back after the answer; a loaded machine takes longer
     while (after := rss_mb(limits_server.pid)) > idle + 150 and time.monotonic() < deadline:
         time.sleep(0.5)
     print(f"RSS after: {after:.0f} MB")
@@ -163,20 +159,12 @@ def test_decoding_stops_when_the_client_leaves(limits_server: ServerURL, bombs: 
     """A client that gives up during decoding costs no more decoding: the request ends (499) before the audio ever
     reaches the queue, where a finished decode would have been dropped instead.
 
-    The client leaves once /health shows its upload pending (header read, decoding), whatever the load: a client
-    timeout would leave at a moment the load decides."""
-    _wait_for(limits_server, "idle server", lambda q: not q["requests"] and not q["uploads_pending"])
+    The client leaves once /health shows its upload pending (header read, decoding)."""
+    wait_queue(limits_server, "idle server", queue_idle)
     log_start = limits_server.log_path.stat().st_size
-    path = bombs["hour.flac"]
-    request = httpx.Request("POST", limits_server + "/v1/audio/transcriptions",
-                            files={"file": (path.name, path.read_bytes())})
-    head = "".join(f"{name}: {value}\r\n" for name, value in request.headers.items())
-    url = httpx.URL(limits_server)
-    with socket.create_connection((url.host, url.port)) as client:
-        client.sendall(f"POST {url.path.rstrip('/')}/v1/audio/transcriptions HTTP/1.1\r\n{head}\r\n".encode()
-                       + request.read())
-        _wait_for(limits_server, "upload being decoded", lambda q: q["uploads_pending"] == 1)
-    after = _wait_for(limits_server, "end of the abandoned upload", lambda q: not q["uploads_pending"])
+    upload_then_leave(limits_server, "/v1/audio/transcriptions", bombs["hour.flac"],
+                      lambda q: q["uploads_pending"] == 1)
+    after = wait_queue(limits_server, "end of the abandoned upload", lambda q: not q["uploads_pending"])
     deadline = time.monotonic() + 60
     while True:
         with limits_server.log_path.open("rb") as log:
