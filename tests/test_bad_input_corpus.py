@@ -235,7 +235,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield base
 
 
-def _raw_request(base: str, head: bytes, body_start: bytes, wait: float = 10.0) -> bytes:
+def _raw_request(base: str, head: bytes, body_start: bytes, wait: float = 60.0) -> bytes:
     """Send headers and only the start of a body; return what the server answers meanwhile."""
     url = urlsplit(base)
     with socket.create_connection((url.hostname, url.port), timeout=wait) as sock:

@@ -79,7 +79,7 @@ def test_unknown_paths_share_one_label(server: str) -> None:
     assert not any("/no/such" in str(labels) for _, labels in samples)
 
 
-def _log_lines(request_id: str, base: str, timeout: float = 5.0) -> list[dict]:
+def _log_lines(request_id: str, base: str, timeout: float = 60.0) -> list[dict]:
     """JSON log lines carrying `request_id` (the file is shared by the test servers; ids are unique)."""
     deadline = time.monotonic() + timeout
     while True:
