@@ -260,7 +260,7 @@ def test_slow_header_connections_are_closed_and_good_requests_answered(guarded: 
             except OSError:
                 closed[i] = b""
         t0 = time.perf_counter()
-        assert httpx.get(guarded + "/health", timeout=5).status_code == 200
+        assert httpx.get(guarded + "/health", timeout=30).status_code == 200
         slowest_good = max(slowest_good, time.perf_counter() - t0)
         time.sleep(1.0)
     elapsed = time.monotonic() - started

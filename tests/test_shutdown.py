@@ -103,7 +103,7 @@ def _post_file(base: str, route: str, name: str, *, timeout: float, **data: str)
 def _wait_until_queued(base: str, requests: int, worker: threading.Thread, result: Outcome) -> None:
     """Until /health shows `requests` requests queued or decoding (at most 60 s, and while `worker` runs)."""
     deadline = time.monotonic() + 60
-    while httpx.get(base + "/health", timeout=5).json().get("queue", {}).get("requests", 0) < requests:
+    while httpx.get(base + "/health", timeout=30).json().get("queue", {}).get("requests", 0) < requests:
         assert time.monotonic() < deadline and worker.is_alive(), result
         time.sleep(0.1)
 
