@@ -47,7 +47,7 @@ test: install-test
 # pure policy, options, config, and the HTTP layer in-process or on tests/fake_engine.py; STT_TESTS_NO_MODEL makes
 # a test that loads one anyway fail, naming itself
 test-fast: install-test
-	STT_TESTS_NO_MODEL=1 $(BIN)/python -m pytest -q -m "not model and not e2e and not slow"
+	STT_TESTS_NO_MODEL=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not model and not e2e and not slow"
 
 lint: $(VENV)/.installed-test
 	$(BIN)/python -m pip install --quiet ruff
