@@ -9,7 +9,6 @@ stand-in engine with a fixed decode time, so its outcome does not depend on the 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -25,12 +24,13 @@ from tests.fake_engine import FAKE_TEXT
 from tests.llm_fixtures import VLLMStandIn
 from tests.support import (
     REPO,
-    TEST_REQUEST_TIMEOUT_BASE_S,
     Engine,
     clip,
     error_rate,
     free_port,
     serve_command,
+    server_env,
+    wait_queue,
     wait_ready,
 )
 
@@ -51,7 +51,8 @@ def server_process(
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """`stt-engine serve` as a child we signal ourselves (tests.support.running_server hides the process)."""
     port = free_port()
-    full_env = {"REQUEST_TIMEOUT_BASE_S": TEST_REQUEST_TIMEOUT_BASE_S, **os.environ, "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "LOG_DIR": str(log_dir), **env}
+    full_env = server_env({"SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "LOG_DIR": str(log_dir),
+                           "DATA_DIR": str(log_dir / "data"), **env})
     out = (log_dir / "server.out").open("wb")
     proc = subprocess.Popen(serve_command(engine), env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO))
     base = f"http://127.0.0.1:{port}"
@@ -101,11 +102,9 @@ def _post_file(base: str, route: str, name: str, *, timeout: float, **data: str)
 
 
 def _wait_until_queued(base: str, requests: int, worker: threading.Thread, result: Outcome) -> None:
-    """Until /health shows `requests` requests queued or decoding (at most 60 s, and while `worker` runs)."""
-    deadline = time.monotonic() + 60
-    while httpx.get(base + "/health", timeout=30).json().get("queue", {}).get("requests", 0) < requests:
-        assert time.monotonic() < deadline and worker.is_alive(), result
-        time.sleep(0.1)
+    """Until /health shows `requests` requests queued or decoding, while `worker` runs."""
+    wait_queue(base, f"{requests} requests queued", lambda q: q["requests"] >= requests or not worker.is_alive())
+    assert worker.is_alive(), result
 
 
 def test_sigterm_during_long_transcription(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -263,7 +263,7 @@ class ModelRegistry:
         """OpenAI's model objects, with whether each is loaded now (extra fields the SDK keeps)."""
         return [
             {"id": model.id, "object": "model", "created": created, "owned_by": "stt-engine", **_state(model)}
-            for model in self.models() if not (model.default and model.engine is None)
+            for model in self._listed()
         ]
 
     def health(self) -> list[dict[str, Any]]:
@@ -273,8 +273,12 @@ class ModelRegistry:
         return [
             {"id": model.id, **_state(model),
              "idle_seconds": None if not model.last_used else 0.0 if model.busy else round(now - model.last_used, 1)}
-            for model in self.models() if not (model.default and model.engine is None)
+            for model in self._listed()
         ]
+
+    def _listed(self) -> Iterator[ServedModel]:
+        """The models `/v1/models` and `/health` list: all but a default model that has not loaded yet."""
+        return (model for model in self.models() if not (model.default and model.engine is None))
 
 
 def _state(model: ServedModel) -> dict[str, Any]:
